@@ -43,6 +43,28 @@ UNIMPLEMENTED: dict[str, int] = {
 #: A scale factor outside this range is garbage from the wire: the scaled value is ``None``, never a crash.
 _P10 = {sf: math.pow(10, sf) for sf in range(-20, 21)}
 
+#: pysunspec2 scales as ``round(v * 10**sf, -sf)``; ``round`` on floats costs ~0.5 us. For an integer ``v``
+#: with |v| < 2**50 and sf < 0, ``v * 10**sf`` is within 2**-51 relative of ``v / 10**-sf`` (two roundings),
+#: far inside half a unit of the last decimal kept, so the result is the double nearest ``v / 10**-sf``: one
+#: correctly rounded division gives it exactly. For sf > 0 the product is exact below 2**53 and already a
+#: multiple of 10**sf, so ``round`` returns it unchanged. The differential test holds both to pysunspec2.
+_INTEGER_TYPES = frozenset(
+    ("int16", "uint16", "count", "acc16", "int32", "uint32", "acc32", "int64", "uint64", "acc64")
+)
+_EXACT_BOUND = 2**50
+_DIV = {sf: float(10**-sf) for sf in range(-20, 0)}
+#: sf > 0: the multiplier where every 16-bit (first) or 32-bit (second) value times it stays exact.
+_MUL = {
+    sf: (math.pow(10, sf) if 0xFFFF * 10**sf < 2**53 else None,
+         math.pow(10, sf) if 0xFFFFFFFF * 10**sf < 2**53 else None)
+    for sf in range(1, 21)
+}
+
+
+def _scale_slow(v: float, sf: int) -> float | None:
+    p = _P10.get(sf)
+    return None if p is None else round(v * p, -sf)
+
 
 def _text(raw: bytes) -> str | None:
     try:
@@ -76,19 +98,20 @@ class _Compiled:
     point_ends: tuple[tuple[str, int], ...]  # (name, byte end offset) for trimming short blocks
 
 
-def _raw_expr(p: PointDef, i: int) -> str:
+def _raw_expr(p: PointDef, a: str) -> str:
+    """Expression giving the point's value (``None`` if unimplemented) from its unpacked raw value ``a``."""
     if p.type == "string":
-        return f"_text(r[{i}])"
+        return f"_text({a})"
     if p.type == "eui48":
-        return f"_eui48(r[{i}])"
+        return f"_eui48({a})"
     if p.type == "ipv6addr":
-        return f"_ipv6(r[{i}])"
+        return f"_ipv6({a})"
     if p.type == "pad":
-        return f"r[{i}]"
+        return a
     sentinel = UNIMPLEMENTED[p.type]
     if p.type in ("float32", "float64"):
-        return f"(None if (r[{i}] != r[{i}] or r[{i}] == {sentinel}) else r[{i}])"
-    return f"(None if r[{i}] == {sentinel} else r[{i}])"
+        return f"(None if ({a} != {a} or {a} == {sentinel}) else {a})"
+    return f"(None if {a} == {sentinel} else {a})"
 
 
 def _struct_code(p: PointDef) -> str:
@@ -99,31 +122,63 @@ def _struct_code(p: PointDef) -> str:
     return code + (f"{extra}x" if extra > 0 else "")
 
 
+def _scaled_lines(p: PointDef, a: str, v: str, sf: str, fast: tuple[str, str] | None) -> list[str]:
+    """Statements setting ``v`` to the scaled value of point ``p`` (raw ``a``, scale factor expression ``sf``).
+
+    ``fast`` names the locals holding this scale factor's exact divisor and multiplier (see ``_EXACT_BOUND``).
+    """
+    lines = [f"    {v} = {_raw_expr(p, a)}"]
+    width = _WIDTH_BYTES.get(_CODE.get(p.type, ""), 0)
+    if fast is None or p.type not in _INTEGER_TYPES:
+        lines += [f"    s = {sf}", f"    if s and {v} is not None:", f"        {v} = _slow({v}, s)"]
+        return lines
+    div, mul = fast
+    if width == 8:  # 64-bit values may exceed the exact range: check it
+        lines += [f"    if {sf} and {v} is not None:",
+                  f"        {v} = {v} / {div} if ({div} and -_B < {v} < _B) else _slow({v}, {sf})"]
+        return lines
+    mul_w = f"{mul}[{0 if width == 2 else 1}]"
+    lines += [f"    if {sf} and {v} is not None:",
+              f"        {v} = {v} / {div} if {div} else ({v} * {mul_w} if {mul_w} else _slow({v}, {sf}))"]
+    return lines
+
+
 def _compile(group: GroupDef) -> _Compiled:
     fmt = ">" + "".join(_struct_code(p) for p in group.points)
-    local = {p.name: f"v{i}" for i, p in enumerate(group.points)}
-    lines = ["def _decode(buf, off, mp):", "    r = _S.unpack_from(buf, off)"]
+    raw = [f"a{i}" for i in range(len(group.points))]
+    lines = ["def _decode(buf, off, mp):"]
+    if raw:
+        lines.append(f"    {', '.join(raw)}, = _S.unpack_from(buf, off)")
+    # Scale-factor points first: the scaled points below read them as locals.
+    sf_names = {p.sf for p in group.points if isinstance(p.sf, str)}
+    local: dict[str, str] = {}
+    fast: dict[str, tuple[str, str]] = {}
     for i, p in enumerate(group.points):
-        lines.append(f"    v{i} = {_raw_expr(p, i)}")
+        if p.name in sf_names:
+            local[p.name] = f"v{i}"
+            fast[p.name] = (f"d{i}", f"m{i}")
+            lines.append(f"    v{i} = {_raw_expr(p, raw[i])}")
+            lines.append(f"    d{i} = _DIV.get(v{i})")
+            lines.append(f"    m{i} = _MUL.get(v{i}, _NOMUL)")
     items = []
     for i, p in enumerate(group.points):
-        if p.sf is None:
+        if p.name in local:
             items.append(f"{p.name!r}: v{i}")
-            continue
-        if isinstance(p.sf, int):
-            sf = str(p.sf)
-        elif p.sf in local:
-            sf = local[p.sf]
-        else:  # pysunspec2 looks in the group first, then in the model's top-level points
-            sf = f"(mp.get({p.sf!r}) if mp is not None else None)"
-        lines.append(f"    s = {sf}")
-        lines.append(f"    if v{i} is not None and s:")
-        lines.append(f"        p = _P10.get(s)")
-        lines.append(f"        v{i} = None if p is None else round(v{i} * p, -s)")
-        items.append(f"{p.name!r}: v{i}")
+        elif p.sf is None:
+            items.append(f"{p.name!r}: {_raw_expr(p, raw[i])}")
+        else:
+            if isinstance(p.sf, int):
+                sf = str(p.sf)
+            elif p.sf in local:
+                sf = local[p.sf]
+            else:  # pysunspec2 looks in the group first, then in the model's top-level points
+                sf = f"(mp.get({p.sf!r}) if mp is not None else None)"
+            lines += _scaled_lines(p, raw[i], f"v{i}", sf, fast.get(p.sf) if isinstance(p.sf, str) else None)
+            items.append(f"{p.name!r}: v{i}")
     lines.append("    return {" + ", ".join(items) + "}")
     namespace: dict[str, Any] = {
-        "_S": struct.Struct(fmt), "_text": _text, "_eui48": _eui48, "_ipv6": _ipv6, "_P10": _P10,
+        "_S": struct.Struct(fmt), "_text": _text, "_eui48": _eui48, "_ipv6": _ipv6, "_slow": _scale_slow,
+        "_B": _EXACT_BOUND, "_DIV": _DIV, "_MUL": _MUL, "_NOMUL": (None, None),
     }
     exec(compile("\n".join(lines), f"<sunspec group {group.name}>", "exec"), namespace)  # noqa: S102
     ends = tuple((p.name, (p.offset + p.size) * 2) for p in group.points)
@@ -220,12 +275,15 @@ def decode_bytes(mdef: ModelDef, buf: bytes, start: int, length: int) -> ModelBl
     """As :func:`decode_block`, from big-endian register bytes."""
     end = len(buf)
     root = mdef.root
-    need = max(_compiled(root).size_bytes, (length + 2) * 2)
+    comp = _compiled(root)
+    if not root.groups and end >= comp.size_bytes:  # the common case: one flat block, all of it read
+        return ModelBlock(mdef.id, start, length, comp.decode(buf, 0, None), {})
+    need = max(comp.size_bytes, (length + 2) * 2)
     legacy = _legacy_count(mdef, length)
     counts_known = legacy is not None or not root.groups
     if not counts_known:  # 7xx: the count points sit in the root; decode it, then size the rest
         head = buf if end >= need else buf + bytes(need - end)
-        points = _compiled(root).decode(head, 0, None)
+        points = comp.decode(head, 0, None)
         counts = {k: v for k, v in points.items() if isinstance(v, int)}
         need = max(need, root.fixed_len(counts) * 2)
     if end < need:

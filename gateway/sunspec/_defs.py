@@ -41,7 +41,7 @@ class PointDef:
     symbols: tuple[tuple[str, int], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity: definitions are loaded once and cached
 class GroupDef:
     """A group: its points (offsets relative to the group instance) and sub-groups.
 
