@@ -6,9 +6,11 @@ device side is reached through the :class:`RegisterIO` protocol that ``gateway.d
 
 from gateway.sunspec._decode import UNIMPLEMENTED, ModelBlock, Value, decode, decode_block, decode_bytes
 from gateway.sunspec._defs import GroupDef, ModelDef, PointDef, all_model_ids, model_def
+from gateway.sunspec._encode import EncodeError, encode_group, encode_model, encode_point, to_raw
 
 __all__ = [
     "UNIMPLEMENTED",
+    "EncodeError",
     "GroupDef",
     "ModelBlock",
     "ModelDef",
@@ -18,5 +20,9 @@ __all__ = [
     "decode",
     "decode_block",
     "decode_bytes",
+    "encode_group",
+    "encode_model",
+    "encode_point",
     "model_def",
+    "to_raw",
 ]
