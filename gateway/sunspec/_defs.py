@@ -7,6 +7,7 @@ are in registers from the model's ``ID`` register, as in pysunspec2, so a model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -66,10 +67,7 @@ class GroupDef:
         """Registers one instance of this group takes, given the values of count points."""
         total = self.points_len
         for g in self.groups:
-            if g.count is None:
-                n = 1
-            else:
-                n = g.count if isinstance(g.count, int) else (counts or {}).get(g.count, 0)
+            n = 1 if g.count is None else g.count if isinstance(g.count, int) else (counts or {}).get(g.count, 0)
             total += n * g.fixed_len(counts)
         return total
 
@@ -97,10 +95,8 @@ def _point(raw: dict[str, Any], offset: int) -> PointDef:
     size = int(raw["size"]) if "size" in raw else TYPE_WIDTH[ptype]
     sf = raw.get("sf")
     if isinstance(sf, str):
-        try:
+        with contextlib.suppress(ValueError):
             sf = int(sf)
-        except ValueError:
-            pass
     return PointDef(
         name=raw["name"],
         type=ptype,
