@@ -6,23 +6,37 @@ device side is reached through the :class:`RegisterIO` protocol that ``gateway.d
 
 from gateway.sunspec._decode import UNIMPLEMENTED, ModelBlock, Value, decode, decode_block, decode_bytes
 from gateway.sunspec._defs import GroupDef, ModelDef, PointDef, all_model_ids, model_def
+from gateway.sunspec._discover import DEFAULT_BASES, DeviceMap, ModelLocation, discover, find_base
 from gateway.sunspec._encode import EncodeError, encode_group, encode_model, encode_point, to_raw
+from gateway.sunspec._io import RegisterIO
+from gateway.sunspec._plan import MAX_READ, Span, plan_reads
+from gateway.sunspec._reader import SunSpecReader
 
 __all__ = [
+    "DEFAULT_BASES",
+    "MAX_READ",
     "UNIMPLEMENTED",
+    "DeviceMap",
     "EncodeError",
     "GroupDef",
     "ModelBlock",
     "ModelDef",
+    "ModelLocation",
     "PointDef",
+    "RegisterIO",
+    "Span",
+    "SunSpecReader",
     "Value",
     "all_model_ids",
     "decode",
     "decode_block",
     "decode_bytes",
+    "discover",
     "encode_group",
     "encode_model",
     "encode_point",
+    "find_base",
     "model_def",
+    "plan_reads",
     "to_raw",
 ]

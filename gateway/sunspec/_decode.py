@@ -95,7 +95,7 @@ class _Compiled:
 
     decode: Callable[[bytes, int, Instance | None], Instance]
     size_bytes: int
-    point_ends: tuple[tuple[str, int], ...]  # (name, byte end offset) for trimming short blocks
+    point_spans: tuple[tuple[str, int, int], ...]  # (name, first byte, byte after) for nulling missing data
 
 
 def _raw_expr(p: PointDef, a: str) -> str:
@@ -181,8 +181,8 @@ def _compile(group: GroupDef) -> _Compiled:
         "_B": _EXACT_BOUND, "_DIV": _DIV, "_MUL": _MUL, "_NOMUL": (None, None),
     }
     exec(compile("\n".join(lines), f"<sunspec group {group.name}>", "exec"), namespace)  # noqa: S102
-    ends = tuple((p.name, (p.offset + p.size) * 2) for p in group.points)
-    return _Compiled(namespace["_decode"], struct.calcsize(fmt), ends)
+    spans = tuple((p.name, p.offset * 2, (p.offset + p.size) * 2) for p in group.points)
+    return _Compiled(namespace["_decode"], struct.calcsize(fmt), spans)
 
 
 @cache
@@ -205,34 +205,34 @@ class ModelBlock:
                 "groups": self.groups}
 
 
-def _trim(inst: Instance, comp: _Compiled, avail: int) -> None:
-    """Null the points of an instance that lie (partly) beyond ``avail`` bytes of real data."""
-    for name, end in comp.point_ends:
-        if end > avail:
+def _null_missing(inst: Instance, comp: _Compiled, off: int, end: int, unreadable: frozenset[int]) -> None:
+    """Null the points of an instance at byte ``off`` that lie past ``end`` or on an unreadable register."""
+    for name, first, after in comp.point_spans:
+        if off + after > end or any(r in unreadable for r in range((off + first) // 2, (off + after) // 2)):
             inst[name] = None
 
 
 def _decode_group(group: GroupDef, buf: bytes, off: int, end: int, mp: Instance | None,
-                  legacy_count: int | None) -> tuple[Instance, int]:
+                  legacy_count: int | None, unreadable: frozenset[int]) -> tuple[Instance, int]:
     """Decode one instance of ``group`` at byte ``off``; returns it and the byte offset after it."""
     comp = _compiled(group)
     inst = comp.decode(buf, off, mp)
-    if off + comp.size_bytes > end:
-        _trim(inst, comp, end - off)
+    if off + comp.size_bytes > end or unreadable:
+        _null_missing(inst, comp, off, end, unreadable)
     root = inst if mp is None else mp
     off += comp.size_bytes
     for sub in group.groups:
         if sub.count is None:
-            inst[sub.name], off = _decode_group(sub, buf, off, end, root, legacy_count)
+            inst[sub.name], off = _decode_group(sub, buf, off, end, root, legacy_count, unreadable)
             continue
-        items, off = _decode_repeats(sub, buf, off, end, root, legacy_count)
+        items, off = _decode_repeats(sub, buf, off, end, root, legacy_count, unreadable)
         if items:
             inst[sub.name] = items
     return inst, off
 
 
 def _decode_repeats(group: GroupDef, buf: bytes, off: int, end: int, root: Instance,
-                    legacy_count: int | None) -> tuple[list[Instance], int]:
+                    legacy_count: int | None, unreadable: frozenset[int]) -> tuple[list[Instance], int]:
     if isinstance(group.count, str):
         n = root.get(group.count)
         count = n if isinstance(n, int) else 0
@@ -244,7 +244,7 @@ def _decode_repeats(group: GroupDef, buf: bytes, off: int, end: int, root: Insta
     for _ in range(count):
         if off >= end:  # a count larger than the block holds: stop at the data
             break
-        inst, off = _decode_group(group, buf, off, end, root, legacy_count)
+        inst, off = _decode_group(group, buf, off, end, root, legacy_count, unreadable)
         items.append(inst)
     return items, off
 
@@ -260,23 +260,27 @@ def _legacy_count(mdef: ModelDef, length: int) -> int | None:
     return None
 
 
-def decode_block(mdef: ModelDef, regs: Sequence[int], start: int = 0) -> ModelBlock:
+def decode_block(mdef: ModelDef, regs: Sequence[int], start: int = 0,
+                 unreadable: frozenset[int] = frozenset()) -> ModelBlock:
     """Decode a model block read from a device: ``regs`` begins at the model's ``ID`` register.
 
     ``regs`` holds ``L + 2`` registers (fewer when the device's model is short; missing points are ``None``).
+    ``unreadable`` holds offsets (from the ``ID`` register) of registers the device refused: their points are
+    ``None`` whatever ``regs`` holds there.
     """
     n = len(regs)
     length = regs[1] if n > 1 else 0
     buf = struct.pack(f">{n}H", *regs)
-    return decode_bytes(mdef, buf, start, length)
+    return decode_bytes(mdef, buf, start, length, unreadable)
 
 
-def decode_bytes(mdef: ModelDef, buf: bytes, start: int, length: int) -> ModelBlock:
+def decode_bytes(mdef: ModelDef, buf: bytes, start: int, length: int,
+                 unreadable: frozenset[int] = frozenset()) -> ModelBlock:
     """As :func:`decode_block`, from big-endian register bytes."""
     end = len(buf)
     root = mdef.root
     comp = _compiled(root)
-    if not root.groups and end >= comp.size_bytes:  # the common case: one flat block, all of it read
+    if not root.groups and end >= comp.size_bytes and not unreadable:  # the common case: one flat block, all of it read
         return ModelBlock(mdef.id, start, length, comp.decode(buf, 0, None), {})
     need = max(comp.size_bytes, (length + 2) * 2)
     legacy = _legacy_count(mdef, length)
@@ -288,7 +292,7 @@ def decode_bytes(mdef: ModelDef, buf: bytes, start: int, length: int) -> ModelBl
         need = max(need, root.fixed_len(counts) * 2)
     if end < need:
         buf = buf + bytes(need - end)
-    inst, _ = _decode_group(root, buf, 0, end, None, legacy)
+    inst, _ = _decode_group(root, buf, 0, end, None, legacy, unreadable)
     groups = {g.name: inst.pop(g.name) for g in root.groups if g.name in inst}
     return ModelBlock(mdef.id, start, length, inst, groups)
 
