@@ -4,6 +4,7 @@ Model definitions come from the official JSON that pysunspec2 ships. Nothing her
 device side is reached through the :class:`RegisterIO` protocol that ``gateway.devices`` implements.
 """
 
+from gateway.sunspec._controls import ControlResult, SunSpecControls
 from gateway.sunspec._decode import UNIMPLEMENTED, ModelBlock, Value, decode, decode_block, decode_bytes
 from gateway.sunspec._defs import GroupDef, ModelDef, PointDef, all_model_ids, model_def
 from gateway.sunspec._discover import DEFAULT_BASES, DeviceMap, ModelLocation, discover, find_base
@@ -16,6 +17,7 @@ __all__ = [
     "DEFAULT_BASES",
     "MAX_READ",
     "UNIMPLEMENTED",
+    "ControlResult",
     "DeviceMap",
     "EncodeError",
     "GroupDef",
@@ -25,6 +27,7 @@ __all__ = [
     "PointDef",
     "RegisterIO",
     "Span",
+    "SunSpecControls",
     "SunSpecReader",
     "Value",
     "all_model_ids",

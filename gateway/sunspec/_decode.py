@@ -239,7 +239,7 @@ def _decode_repeats(group: GroupDef, buf: bytes, off: int, end: int, root: Insta
     elif group.count == 0:
         count = legacy_count or 0
     else:
-        count = group.count
+        count = group.count or 1
     items: list[Instance] = []
     for _ in range(count):
         if off >= end:  # a count larger than the block holds: stop at the data
