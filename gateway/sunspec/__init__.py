@@ -10,6 +10,7 @@ from gateway.sunspec._defs import GroupDef, ModelDef, PointDef, all_model_ids, m
 from gateway.sunspec._discover import DEFAULT_BASES, DeviceMap, ModelLocation, discover, find_base
 from gateway.sunspec._encode import EncodeError, encode_group, encode_model, encode_point, to_raw
 from gateway.sunspec._io import RegisterIO
+from gateway.sunspec._measure import measurement
 from gateway.sunspec._plan import MAX_READ, Span, plan_reads
 from gateway.sunspec._reader import SunSpecReader
 
@@ -39,6 +40,7 @@ __all__ = [
     "encode_model",
     "encode_point",
     "find_base",
+    "measurement",
     "model_def",
     "plan_reads",
     "to_raw",

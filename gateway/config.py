@@ -1,0 +1,458 @@
+"""The gateway's configuration file: pydantic models of the TOML, loading, and errors that name the key and the fix.
+
+Owns the ``[site]`` table and the ``[[devices]]`` list. Later sections (``[feeder]``, ``[limits]``, ``[uplink]``,
+``[security]``) are added as optional sub-models with defaults on :class:`Config`; only ``site`` and ``devices``
+are required, so an older file keeps loading.
+
+Example::
+
+    [site]
+    id = "depot-7"
+    gateway_id = "gw-1"
+    log_level = "info"
+
+    [[devices]]                 # Modbus TCP
+    id = "inv-1"
+    profile = "generic"         # a file in device_profiles/; port, unit, base and models default from it
+    host = "192.0.2.10"
+    unit = 1
+    poll_interval_s = 1.0
+    rated_w = 5000
+    role = "inverter"
+
+    [[devices]]                 # Modbus RTU: several devices may share one serial port (one bus)
+    id = "meter-1"
+    serial = "/dev/ttyUSB0"
+    baudrate = 19200            # parity "N", stopbits 1, bytesize 8 unless given
+    unit = 2
+    role = "meter"
+
+Every problem in a file is reported at once, one per line, as ``FILE: key.path: what is wrong — the fix``, e.g.
+``gridedge.toml: devices[2].unit: 300 is not a Modbus unit id — use 1..247``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError, ProfileError
+from gateway.profiles import (
+    Base,
+    DeviceProfile,
+    ModelId,
+    Port,
+    UnitId,
+    find_profile,
+    load_profile,
+    read_profile,
+)
+from gateway.profiles import _fail as fail
+from gateway.profiles import _non_empty as non_empty
+from gateway.profiles import _parse_toml as parse_toml
+from gateway.profiles import _problems as problems
+from gateway.profiles import _show as show
+
+__all__ = [
+    "BAUDRATES",
+    "Config",
+    "DeviceConfig",
+    "LogLevel",
+    "Parity",
+    "Role",
+    "SerialLink",
+    "SiteConfig",
+    "TcpLink",
+    "build_config",
+    "load_config",
+    "parse_config",
+]
+
+Role = Literal["inverter", "battery", "meter"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Parity = Literal["N", "E", "O"]
+
+#: Serial speeds accepted for Modbus RTU.
+BAUDRATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+
+_SERIAL_DEFAULTS: dict[str, Any] = {"baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8}
+_SERIAL_KEYS = tuple(_SERIAL_DEFAULTS)
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DEVICE_ID = re.compile(r"[a-z0-9_-]{1,64}")
+_PROFILE_DIRS = "profile_dirs"  # validation-context key: directories to find profiles in
+
+
+# --- field types ----------------------------------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise fail(
+            "name",
+            f"{show(value)} cannot be used in MQTT topics — use 1-64 letters, digits, '-' or '_' "
+            f"(e.g. {show(_slug(value, lower=False, fallback='site-1'))})",
+        )
+    return value
+
+
+def _check_device_id(value: str) -> str:
+    if not _DEVICE_ID.fullmatch(value):
+        raise fail(
+            "device_id",
+            f"{show(value)} is not a device id — use 1-64 lowercase letters, digits, '-' or '_' "
+            f"(e.g. {show(_slug(value, lower=True, fallback='inv-1'))})",
+        )
+    return value
+
+
+def _slug(value: str, *, lower: bool, fallback: str) -> str:
+    """``value`` made into an id, offered as the fix."""
+    text = value.lower() if lower else value
+    text = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:64]
+    return text or fallback
+
+
+def _check_host(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise fail("host", f'{show(value)} is not a host name or IP address — write e.g. host = "192.0.2.10"')
+    m = re.fullmatch(r"([^:\[\]]+):(\d+)", value)
+    if m:
+        raise fail("host", f'{show(value)} includes a port — write host = "{m[1]}" and port = {m[2]}')
+    return value
+
+
+def _check_serial(value: str) -> str:
+    if not value.strip():
+        raise fail("serial", 'is empty — give the serial port, e.g. serial = "/dev/ttyUSB0" (or "COM3" on Windows)')
+    return value
+
+
+def _check_baudrate(value: int) -> int:
+    if value not in BAUDRATES:
+        raise fail("baudrate", f"{value} is not a serial speed — use one of {', '.join(map(str, BAUDRATES))}")
+    return value
+
+
+def _parity(value: Any) -> Any:
+    if isinstance(value, str):
+        words = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
+        if value.strip().lower() in words:
+            return words[value.strip().lower()]
+    raise fail("parity", f'{show(value)} is not a parity — use "N" (none), "E" (even) or "O" (odd)')
+
+
+def _log_level(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("debug", "info", "warning", "error"):
+        return value.strip().lower()
+    raise fail("log_level", f'{show(value)} is not a log level — use "debug", "info", "warning" or "error"')
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+DeviceId = Annotated[str, AfterValidator(_check_device_id)]
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Section(BaseModel):
+    """Frozen, no unknown keys, no type coercion (TOML is typed: ``"502"`` for a port is a mistake to report)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# --- [site] ---------------------------------------------------------------------------------------------------------
+
+
+class SiteConfig(_Section):
+    """``[site]``: who this gateway is. Both ids appear in MQTT topics ``gridedge/<site>/<gateway>/...``."""
+
+    id: Name
+    gateway_id: Name
+    log_level: Annotated[LogLevel, BeforeValidator(_log_level)] = "info"
+
+    @property
+    def site_id(self) -> str:
+        return self.id
+
+
+# --- [[devices]] ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLink:
+    """Modbus TCP: one connection per (host, port), shared by every unit behind it."""
+
+    host: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLink:
+    """Modbus RTU: one bus per serial port, shared (one request at a time) by every unit on it."""
+
+    port: str
+    baudrate: int
+    parity: Parity
+    stopbits: int
+    bytesize: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"serial:{self.port}"
+
+
+class DeviceConfig(_Section):
+    """One ``[[devices]]`` entry: a Modbus unit reached over TCP (``host``) or RTU (``serial``), never both.
+
+    ``port``, ``unit``, ``base`` and ``models`` default from the profile; serial settings default to 9600 8N1.
+    ``profile`` is given as a name in the file and holds the loaded :class:`DeviceProfile` here.
+    """
+
+    id: DeviceId
+    profile: DeviceProfile
+    host: Annotated[str, AfterValidator(_check_host)] | None = None
+    port: Port | None = None
+    serial: Annotated[str, AfterValidator(_check_serial)] | None = None
+    baudrate: Annotated[int, AfterValidator(_check_baudrate)] | None = None
+    parity: Annotated[Parity, BeforeValidator(_parity)] | None = None
+    stopbits: Literal[1, 2] | None = None
+    bytesize: Literal[7, 8] | None = None
+    unit: UnitId = 1
+    base: Base = "auto"
+    poll_interval_s: Seconds = 1.0
+    timeout_s: Seconds = 1.0
+    models: Annotated[tuple[ModelId, ...], Field(strict=False), AfterValidator(non_empty)] = (1,)
+    rated_w: Annotated[float, Field(gt=0)] | None = None
+    role: Role | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill keys left out from the profile's defaults (and 9600 8N1 for serial), before validation."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        name = data.setdefault("profile", "generic")
+        profile = name if isinstance(name, DeviceProfile) else None
+        if isinstance(name, str):
+            try:
+                profile = load_profile(name, _profile_dirs(info))
+            except ProfileError:
+                profile = None  # reported against the key by the field validator
+            else:
+                data["profile"] = profile
+        if profile is not None:
+            data.setdefault("unit", profile.defaults.unit)
+            data.setdefault("base", profile.defaults.base)
+            data.setdefault("models", profile.defaults.models)
+        tcp, rtu = data.get("host") is not None, data.get("serial") is not None
+        if tcp and not rtu:
+            data.setdefault("port", profile.defaults.port if profile is not None else 502)
+        if rtu and not tcp:
+            for key, default in _SERIAL_DEFAULTS.items():
+                data.setdefault(key, default)
+        return data
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _load_profile(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            try:
+                path = find_profile(value, _profile_dirs(info))
+            except ProfileError as exc:
+                raise fail("profile", str(exc)) from None
+            try:
+                return read_profile(path)
+            except ProfileError as exc:
+                detail = str(exc).replace("\n", "\n    ")
+                raise fail("profile", f"profile {show(value)} is broken — fix its file:\n    {detail}") from None
+        if isinstance(value, DeviceProfile):
+            return value
+        raise fail("profile", f'{show(value)} is not a profile name — write e.g. profile = "generic"')
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> DeviceConfig:
+        if self.host is not None and self.serial is not None:
+            raise fail(
+                "transport", "give either host (Modbus TCP) or serial (Modbus RTU), not both — remove one of them"
+            )
+        if self.host is None and self.serial is None:
+            raise fail(
+                "transport",
+                'give host = "192.0.2.10" for Modbus TCP or serial = "/dev/ttyUSB0" for Modbus RTU',
+            )
+        if self.serial is not None and self.port is not None:
+            raise fail(
+                "port", "a serial device has no TCP port — remove port (or use host instead of serial)", key="port"
+            )
+        if self.host is not None:
+            for key in _SERIAL_KEYS:
+                if getattr(self, key) is not None:
+                    raise fail(
+                        key,
+                        f"only applies to serial devices — remove {key} (or use serial instead of host)",
+                        key=key,
+                    )
+        return self
+
+    @field_serializer("profile")
+    def _profile_name(self, profile: DeviceProfile) -> str:
+        """Dump the profile by name, as the file has it, so a dumped config loads again."""
+        return profile.name
+
+    @property
+    def transport(self) -> Literal["tcp", "rtu"]:
+        return "tcp" if self.host is not None else "rtu"
+
+    @property
+    def link(self) -> TcpLink | SerialLink:
+        """How to reach the device; ``link.endpoint`` keys the one connection and lock per physical endpoint."""
+        if self.host is not None:
+            return TcpLink(self.host, self.port if self.port is not None else self.profile.defaults.port)
+        assert self.serial is not None  # exactly one of host and serial: checked at validation
+        return SerialLink(
+            self.serial,
+            self.baudrate if self.baudrate is not None else _SERIAL_DEFAULTS["baudrate"],
+            self.parity if self.parity is not None else _SERIAL_DEFAULTS["parity"],
+            self.stopbits if self.stopbits is not None else _SERIAL_DEFAULTS["stopbits"],
+            self.bytesize if self.bytesize is not None else _SERIAL_DEFAULTS["bytesize"],
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return self.link.endpoint
+
+
+def _profile_dirs(info: ValidationInfo) -> tuple[Path, ...] | None:
+    ctx = info.context
+    if isinstance(ctx, Mapping) and ctx.get(_PROFILE_DIRS) is not None:
+        return tuple(Path(d) for d in ctx[_PROFILE_DIRS])
+    return None
+
+
+# --- the whole file -------------------------------------------------------------------------------------------------
+
+
+def _at_least_one_device(devices: tuple[DeviceConfig, ...]) -> tuple[DeviceConfig, ...]:
+    if not devices:
+        raise fail("no_devices", "is empty — add at least one [[devices]] table")
+    return devices
+
+
+class Config(_Section):
+    """The whole configuration file. ``site`` and ``devices`` are required; later sections will be optional."""
+
+    site: SiteConfig
+    devices: Annotated[tuple[DeviceConfig, ...], Field(strict=False), AfterValidator(_at_least_one_device)]
+
+    @model_validator(mode="after")
+    def _devices_distinct(self) -> Config:
+        ids: dict[str, int] = {}
+        units: dict[tuple[str, int], int] = {}
+        buses: dict[str, int] = {}
+        for i, dev in enumerate(self.devices):
+            if dev.id in ids:
+                raise fail(
+                    "duplicate_id",
+                    f"{show(dev.id)} is already the id of devices[{ids[dev.id]}] — give each device its own id",
+                    key=f"devices[{i}].id",
+                )
+            ids[dev.id] = i
+            endpoint = dev.endpoint.lower() if dev.transport == "tcp" else dev.endpoint
+            if (endpoint, dev.unit) in units:
+                first = units[(endpoint, dev.unit)]
+                raise fail(
+                    "duplicate_unit",
+                    f"unit {dev.unit} at {dev.endpoint} is already devices[{first}] — "
+                    "one Modbus unit is one device: fix the unit (or the address)",
+                    key=f"devices[{i}].unit",
+                )
+            units[(endpoint, dev.unit)] = i
+            if isinstance(dev.link, SerialLink):
+                if dev.link.port in buses:
+                    first_link = self.devices[buses[dev.link.port]].link
+                    assert isinstance(first_link, SerialLink)
+                    for key in _SERIAL_KEYS:
+                        mine, theirs = getattr(dev.link, key), getattr(first_link, key)
+                        if mine != theirs:
+                            raise fail(
+                                "bus_settings",
+                                f"{show(mine)} differs from devices[{buses[dev.link.port]}] on the same serial port "
+                                f"{show(dev.link.port)} ({show(theirs)}) — a bus runs at one setting: make them equal",
+                                key=f"devices[{i}].{key}",
+                            )
+                else:
+                    buses[dev.link.port] = i
+        return self
+
+    def device(self, device_id: str) -> DeviceConfig:
+        """The device with ``device_id``; :class:`KeyError` naming the known ids if there is none."""
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        close = difflib.get_close_matches(device_id, [d.id for d in self.devices], n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise KeyError(f"no device {show(device_id)}{hint}")
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+
+
+def build_config(
+    data: Mapping[str, Any], source: str = "<config>", *, profile_dirs: Iterable[Path | str] | None = None
+) -> Config:
+    """Validate an already-parsed mapping (e.g. built in code for the demo); :class:`ConfigError` lists every problem.
+
+    ``profile_dirs`` replaces the default profile search path (see :mod:`gateway.profiles`).
+    """
+    context = {_PROFILE_DIRS: tuple(profile_dirs) if profile_dirs is not None else None}
+    try:
+        return Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems(exc, Config))) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a gridedge config") from None
+
+
+def parse_config(text: str, source: str = "<config>", *, profile_dirs: Iterable[Path | str] | None = None) -> Config:
+    """Parse TOML ``text`` (``source`` names it in messages) into a :class:`Config`, or raise :class:`ConfigError`."""
+    return build_config(parse_toml(text, source, ConfigError), source, profile_dirs=profile_dirs)
+
+
+def load_config(path: Path | str, *, profile_dirs: Iterable[Path | str] | None = None) -> Config:
+    """Read and parse the config file at ``path``; :class:`ConfigError` if it is missing, unreadable or invalid."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file — check the path (or create the file)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, not a config file — give the path of the .toml file") from None
+    except PermissionError:
+        raise ConfigError(f"{source}: permission denied — let the gateway's user read it") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}) — save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+    return parse_config(text, source, profile_dirs=profile_dirs)
