@@ -78,10 +78,14 @@ async def _control_loop(gw: Gateway, notifier: Notifier) -> None:
 
 
 async def run(config: Config, *, duration_s: float | None = None,
-              on_reading: Callable[[Reading], object] | None = None, notifier: Notifier | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT, or for ``duration_s`` seconds when given."""
+              on_reading: Callable[[Reading], object] | None = None, notifier: Notifier | None = None,
+              gateway: Gateway | None = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT, or for ``duration_s`` seconds when given.
+
+    ``gateway`` is what :func:`build` made of ``config``, when the caller needs it first (the demo does).
+    """
     notifier = notifier or Notifier()
-    gw = build(config)
+    gw = gateway or build(config)
     structlog.contextvars.bind_contextvars(site_id=config.site.id, gateway_id=config.site.gateway_id)
     if on_reading is not None:
         for poller in gw.fleet:

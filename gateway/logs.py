@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -23,9 +23,10 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Set up structlog and the stdlib root logger once, at process start."""
-    render_json = not sys.stdout.isatty() if json is None else json
+def configure(level: str = "info", *, json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Set up structlog and the stdlib root logger once, at process start (JSON unless ``stream`` is a TTY)."""
+    stream = stream or sys.stdout
+    render_json = not stream.isatty() if json is None else json
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -35,7 +36,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         _redact,
     ]
     renderer: Any = (structlog.processors.JSONRenderer() if render_json
-                     else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
+                     else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -43,7 +44,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
         structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
     root = logging.getLogger()
