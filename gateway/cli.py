@@ -103,8 +103,8 @@ def _bases(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 async def _discover(args: argparse.Namespace) -> int:
-    from gateway.sunspec import discover, model_def
     from gateway.errors import SunSpecError
+    from gateway.sunspec import discover, model_def
 
     endpoint, io = await _open_device(args)
     async with endpoint:
@@ -134,7 +134,7 @@ async def _read(args: argparse.Namespace) -> int:
         device_map = await discover(io, _bases(args))
         reader = SunSpecReader(io, device_map, args.models)
         blocks = {b.start: b for b in await reader.read()}
-    models = []
+    models: list[dict[str, Any]] = []
     for m in device_map.models:
         if args.models is not None and m.id not in args.models:
             continue
@@ -144,12 +144,12 @@ async def _read(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"base": device_map.base, "models": models}))
         return 0
-    for m in models:
-        print(f"model {m['id']} at {m['start']} (L={m['length']})")
-        for name, value in m["points"].items():
+    for out in models:
+        print(f"model {out['id']} at {out['start']} (L={out['length']})")
+        for name, value in out["points"].items():
             if value is not None:
                 print(f"  {name:<24} {value}")
-        for gname, items in m["groups"].items():
+        for gname, items in out["groups"].items():
             for i, item in enumerate(items if isinstance(items, list) else [items]):
                 shown = {k: v for k, v in item.items() if v is not None and not isinstance(v, list)}
                 print(f"  {gname}[{i}] {shown}")
