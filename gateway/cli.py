@@ -109,7 +109,7 @@ async def _discover(args: argparse.Namespace) -> int:
     endpoint, io = await _open_device(args)
     async with endpoint:
         device_map = await discover(io, _bases(args))
-    models = []
+    models: list[dict[str, Any]] = []
     for m in device_map.models:
         try:
             name = model_def(m.id).name
@@ -121,8 +121,8 @@ async def _discover(args: argparse.Namespace) -> int:
         return 0
     print(f"SunSpec base {device_map.base}, {len(models)} models"
           + ("" if device_map.end_marker else " (no end marker)"))
-    for m in models:
-        print(f"  {m['id']:>5}  {m['name']:<28} at {m['start']:>5}, L={m['length']}")
+    for row in models:
+        print(f"  {row['id']:>5}  {row['name']:<28} at {row['start']:>5}, L={row['length']}")
     return 0
 
 
