@@ -167,7 +167,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from gateway.sim import DeviceSpec, Endpoint, run_simulator
+    from gateway.sim import DeviceSpec, Served, run_simulator
 
     specs = [DeviceSpec.parse(d) for d in args.device or ["inverter"]]
     specs += [DeviceSpec("dump", 1, path) for path in args.dump]
@@ -175,9 +175,10 @@ async def _simulate(args: argparse.Namespace) -> int:
     if args.duration:
         asyncio.get_running_loop().call_later(args.duration, stop.set)
 
-    def ready(endpoints: list[Endpoint]) -> None:
-        for e in endpoints:
-            print(json.dumps({"host": e.host, "port": e.port, "unit": e.unit, "kind": e.kind}), flush=True)
+    def ready(served: list[Served]) -> None:
+        for s in served:
+            e = s.endpoint
+            print(json.dumps({"host": e.host, "port": e.port, "unit": e.unit, "kind": s.kind}), flush=True)
 
     await run_simulator(specs, args.host, args.port, units_per_port=args.units_per_port, ready=ready, stop=stop)
     return 0

@@ -38,17 +38,18 @@ async def demo(inverters: int = 3, batteries: int = 1, duration_s: float | None 
     specs = [DeviceSpec("inverter", inverters)] if inverters else []
     specs += [DeviceSpec("battery", batteries)] if batteries else []
     devices = make_devices(specs)
-    async with serve_fleet(devices) as endpoints:
+    async with serve_fleet(devices) as served:
         config = build_config({
             "site": {"id": "demo-site", "gateway_id": "demo-gw"},
             "devices": [
-                {"id": f"{e.kind}-{i + 1}", "host": e.host, "port": e.port, "unit": e.unit,
-                 "role": "battery" if e.kind == "battery" else "inverter", "poll_interval_s": 1.0}
-                for i, e in enumerate(endpoints)
+                {"id": f"{s.kind}-{i + 1}", "host": s.endpoint.host, "port": s.endpoint.port,
+                 "unit": s.endpoint.unit, "role": "battery" if s.kind == "battery" else "inverter",
+                 "poll_interval_s": 1.0}
+                for i, s in enumerate(served)
             ],
         }, "demo")
-        print(f"gridedge demo: {len(endpoints)} simulated SunSpec devices on "
-              f"{', '.join(sorted({f'{e.host}:{e.port}' for e in endpoints}))}", flush=True)
+        print(f"gridedge demo: {len(served)} simulated SunSpec devices on "
+              f"{', '.join(sorted({f'{s.endpoint.host}:{s.endpoint.port}' for s in served}))}", flush=True)
         gw = build(config)
         first = next(iter(gw.devices.values()))
 

@@ -96,6 +96,7 @@ class _Compiled:
     decode: Callable[[bytes, int, Instance | None], Instance]
     size_bytes: int
     point_spans: tuple[tuple[str, int, int], ...]  # (name, first byte, byte after) for nulling missing data
+    scaled: tuple[tuple[str, str], ...]  # (point, its scale factor point) for points scaled by a named factor
 
 
 def _raw_expr(p: PointDef, a: str) -> str:
@@ -182,7 +183,8 @@ def _compile(group: GroupDef) -> _Compiled:
     }
     exec(compile("\n".join(lines), f"<sunspec group {group.name}>", "exec"), namespace)  # noqa: S102
     spans = tuple((p.name, p.offset * 2, (p.offset + p.size) * 2) for p in group.points)
-    return _Compiled(namespace["_decode"], struct.calcsize(fmt), spans)
+    scaled = tuple((p.name, p.sf) for p in group.points if isinstance(p.sf, str))
+    return _Compiled(namespace["_decode"], struct.calcsize(fmt), spans, scaled)
 
 
 @cache
@@ -205,34 +207,50 @@ class ModelBlock:
                 "groups": self.groups}
 
 
-def _null_missing(inst: Instance, comp: _Compiled, off: int, end: int, unreadable: frozenset[int]) -> None:
-    """Null the points of an instance at byte ``off`` that lie past ``end`` or on an unreadable register."""
+def _null_missing(inst: Instance, comp: _Compiled, off: int, end: int, unreadable: frozenset[int],
+                  refused: set[str], is_root: bool) -> None:
+    """Null the points of an instance at byte ``off`` that lie past ``end`` or on an unreadable register.
+
+    A point whose scale factor sits on an unreadable register is nulled too: a value without its scale is
+    no value. ``refused`` collects the names of the model's top-level points that were unreadable.
+    """
+    local_refused = set()
     for name, first, after in comp.point_spans:
-        if off + after > end or any(r in unreadable for r in range((off + first) // 2, (off + after) // 2)):
+        if any(r in unreadable for r in range((off + first) // 2, (off + after) // 2)):
+            inst[name] = None
+            local_refused.add(name)
+        elif off + after > end:
+            inst[name] = None
+    if is_root:
+        refused |= local_refused
+    for name, sf in comp.scaled:
+        if sf in local_refused or (sf not in inst and sf in refused):
             inst[name] = None
 
 
 def _decode_group(group: GroupDef, buf: bytes, off: int, end: int, mp: Instance | None,
-                  legacy_count: int | None, unreadable: frozenset[int]) -> tuple[Instance, int]:
+                  legacy_count: int | None, unreadable: frozenset[int],
+                  refused: set[str]) -> tuple[Instance, int]:
     """Decode one instance of ``group`` at byte ``off``; returns it and the byte offset after it."""
     comp = _compiled(group)
     inst = comp.decode(buf, off, mp)
     if off + comp.size_bytes > end or unreadable:
-        _null_missing(inst, comp, off, end, unreadable)
+        _null_missing(inst, comp, off, end, unreadable, refused, mp is None)
     root = inst if mp is None else mp
     off += comp.size_bytes
     for sub in group.groups:
         if sub.count is None:
-            inst[sub.name], off = _decode_group(sub, buf, off, end, root, legacy_count, unreadable)
+            inst[sub.name], off = _decode_group(sub, buf, off, end, root, legacy_count, unreadable, refused)
             continue
-        items, off = _decode_repeats(sub, buf, off, end, root, legacy_count, unreadable)
+        items, off = _decode_repeats(sub, buf, off, end, root, legacy_count, unreadable, refused)
         if items:
             inst[sub.name] = items
     return inst, off
 
 
 def _decode_repeats(group: GroupDef, buf: bytes, off: int, end: int, root: Instance,
-                    legacy_count: int | None, unreadable: frozenset[int]) -> tuple[list[Instance], int]:
+                    legacy_count: int | None, unreadable: frozenset[int],
+                    refused: set[str]) -> tuple[list[Instance], int]:
     if isinstance(group.count, str):
         n = root.get(group.count)
         count = n if isinstance(n, int) else 0
@@ -244,7 +262,7 @@ def _decode_repeats(group: GroupDef, buf: bytes, off: int, end: int, root: Insta
     for _ in range(count):
         if off >= end:  # a count larger than the block holds: stop at the data
             break
-        inst, off = _decode_group(group, buf, off, end, root, legacy_count, unreadable)
+        inst, off = _decode_group(group, buf, off, end, root, legacy_count, unreadable, refused)
         items.append(inst)
     return items, off
 
@@ -292,7 +310,7 @@ def decode_bytes(mdef: ModelDef, buf: bytes, start: int, length: int,
         need = max(need, root.fixed_len(counts) * 2)
     if end < need:
         buf = buf + bytes(need - end)
-    inst, _ = _decode_group(root, buf, 0, end, None, legacy, unreadable)
+    inst, _ = _decode_group(root, buf, 0, end, None, legacy, unreadable, set())
     groups = {g.name: inst.pop(g.name) for g in root.groups if g.name in inst}
     return ModelBlock(mdef.id, start, length, inst, groups)
 
