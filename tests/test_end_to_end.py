@@ -67,10 +67,10 @@ def test_cli_read_json(path: Path) -> None:
 async def test_rtu_bus_two_units_over_a_pty() -> None:
     devices = [SimulatedDevice(d.image, unit=u, animate=False)
                for u, (_, d) in zip((3, 7), make_devices(["inverter:2"]), strict=True)]
-    async with pty_link() as (sim_path, gateway_path), serve_rtu(devices, sim_path, baudrate=19200):
-        async with RtuEndpoint(gateway_path, baudrate=19200, timeout_s=1.0) as bus:
-            a, b = (SunSpecDevice(f"u{u}", UnitIO(bus, u)) for u in (3, 7))
-            ra, rb = await asyncio.gather(a.read(), b.read())
+    async with pty_link() as (sim_path, gateway_path), serve_rtu(devices, sim_path, baudrate=19200), \
+            RtuEndpoint(gateway_path, baudrate=19200, timeout_s=1.0) as bus:
+        a, b = (SunSpecDevice(f"u{u}", UnitIO(bus, u)) for u in (3, 7))
+        ra, rb = await asyncio.gather(a.read(), b.read())
     assert ra.measurement.w is not None
     assert rb.measurement.w is not None
     assert {blk.id for blk in ra.blocks} >= {1, 103, 123}

@@ -27,7 +27,8 @@ def _compare(ours: Any, fill0: Any, fill1: Any, where: str) -> int:
         assert all(ours[k] is None for k in ours.keys() - fill0.keys()), where
         return sum(_compare(ours.get(k), fill0[k], fill1.get(k), f"{where}.{k}") for k in fill0)
     if isinstance(fill0, list):
-        assert isinstance(ours, list) and len(ours) == len(fill0), where
+        assert isinstance(ours, list), where
+        assert len(ours) == len(fill0), where
         return sum(_compare(o, a, b, f"{where}[{i}]") for i, (o, a, b) in enumerate(zip(ours, fill0, fill1,
                                                                                        strict=True)))
     if fill0 == fill1:
