@@ -61,7 +61,9 @@ def build(config: Config) -> Gateway:
             endpoint = gw.endpoints[dev.endpoint] = _endpoint(dev)
         io = UnitIO(endpoint, dev.unit, write_function_code=dev.profile.modbus.write_function_code)
         device = SunSpecDevice(dev.id, io, role=dev.role or "inverter", models=set(dev.models),
-                               bases=_bases(dev), max_read=dev.profile.modbus.max_read_registers)
+                               bases=_bases(dev), max_read=dev.profile.modbus.max_read_registers,
+                               known_unreadable=[(q.model, q.offset, q.length)
+                                                 for q in dev.profile.quirks.unreadable])
         gw.devices[dev.id] = device
         gw.fleet.add(Poller(dev.id, dev.poll_interval_s, device.read, timeout_s=max(5.0, 4 * dev.timeout_s)))
     return gw

@@ -160,3 +160,22 @@ async def test_device_lost_mid_run_goes_stale_and_recovers() -> None:
     assert seen[1][0]
     assert seen[1][1]
     assert seen[2] == (False, None)
+
+
+@pytest.mark.parametrize("path", [p for p in dump_params() if "20250410" in str(p)] or dump_params()[:1])
+async def test_profile_unreadable_spans_spare_the_probing(path: Path) -> None:
+    """Spans a profile declares unreadable are planned around from the first read: no probing requests."""
+    dump = load_dump(path)
+    base = dump["base"]
+    spans = []
+    for m in dump["models"]:
+        bad = [i for i in range(m["len"] + 2) if dump["regs"][m["addr"] - base + i] is None]
+        spans += [(m["id"], i, 1) for i in bad]
+    sim = SimulatedDevice(image_from_dump(dump), unit=1, animate=False)
+    async with serve_tcp([sim]) as port, TcpEndpoint("127.0.0.1", port) as endpoint:
+        told = SunSpecDevice("told", UnitIO(endpoint, 1), known_unreadable=spans)
+        first = await told.read()
+        second = await told.read()
+    assert spans
+    assert first.requests == second.requests
+    assert_matches_dump(first.blocks, dump)

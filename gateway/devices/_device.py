@@ -40,13 +40,16 @@ class SunSpecDevice:
 
     def __init__(self, device_id: str, io: RegisterIO, *, role: str = "inverter",
                  models: Collection[int] | None = None, bases: Sequence[int] = DEFAULT_BASES,
-                 max_read: int = 125) -> None:
+                 max_read: int = 125, known_unreadable: Sequence[tuple[int, int, int]] = ()) -> None:
+        """``known_unreadable``: (model id, offset from its ID register, count) spans the profile says refuse
+        reads; they are planned around from the first read instead of being found by probing."""
         self.device_id = device_id
         self.role = role
         self._io = io
         self._models = models
         self._bases = tuple(bases)
         self._max_read = max_read
+        self._known_unreadable = tuple(known_unreadable)
         self._reader: SunSpecReader | None = None
 
     @property
@@ -56,6 +59,10 @@ class SunSpecDevice:
     async def _ensure_reader(self) -> SunSpecReader:
         if self._reader is None:
             device_map = await discover(self._io, self._bases, self._max_read)
+            device_map = device_map.with_unreadable(
+                a for model_id, offset, count in self._known_unreadable
+                for m in device_map.models if m.id == model_id
+                for a in range(m.addr + offset, m.addr + offset + count))
             self._reader = SunSpecReader(self._io, device_map, self._models, self._max_read)
         return self._reader
 
