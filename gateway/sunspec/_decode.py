@@ -138,10 +138,19 @@ def _scaled_lines(p: PointDef, a: str, v: str, sf: str, fast: tuple[str, str] | 
         lines += [f"    if {sf} and {v} is not None:",
                   f"        {v} = {v} / {div} if ({div} and -_B < {v} < _B) else _slow({v}, {sf})"]
         return lines
-    mul_w = f"{mul}[{0 if width == 2 else 1}]"
-    lines += [f"    if {sf} and {v} is not None:",
-              f"        {v} = {v} / {div} if {div} else ({v} * {mul_w} if {mul_w} else _slow({v}, {sf}))"]
-    return lines
+    # 16/32-bit integers: the common case (a negative scale factor) costs a compare and a division.
+    mul_w = f"{mul}{16 if width == 2 else 32}"
+    sentinel = UNIMPLEMENTED[p.type]
+    return [
+        f"    if {a} == {sentinel}:",
+        f"        {v} = None",
+        f"    elif {div}:",
+        f"        {v} = {a} / {div}",
+        f"    elif not {sf}:",
+        f"        {v} = {a}",
+        "    else:",
+        f"        {v} = {a} * {mul_w} if {mul_w} else _slow({a}, {sf})",
+    ]
 
 
 def _compile(group: GroupDef) -> _Compiled:
@@ -160,7 +169,7 @@ def _compile(group: GroupDef) -> _Compiled:
             fast[p.name] = (f"d{i}", f"m{i}")
             lines.append(f"    v{i} = {_raw_expr(p, raw[i])}")
             lines.append(f"    d{i} = _DIV.get(v{i})")
-            lines.append(f"    m{i} = _MUL.get(v{i}, _NOMUL)")
+            lines.append(f"    m{i}16, m{i}32 = _MUL.get(v{i}, _NOMUL)")
     items = []
     for i, p in enumerate(group.points):
         if p.name in local:
