@@ -17,6 +17,10 @@ class RegisterIO(Protocol):
         """``count`` (<= 125) registers from ``address``."""
         ...
 
+    async def read_bytes(self, address: int, count: int) -> bytes:
+        """As :meth:`read`, the registers as big-endian bytes (``2 * count``), as the reply carries them."""
+        ...
+
     async def write(self, address: int, values: Sequence[int]) -> None:
         """Write ``values`` from ``address`` (the unit's write function code is the implementation's concern)."""
         ...

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from operator import attrgetter
 
 from gateway.sunspec._decode import ModelBlock
 from gateway.types import Measurement
@@ -52,24 +54,46 @@ _ROWS = (
 )
 
 
+_Candidate = tuple[int, tuple[str, ...], Callable[[Sequence[float | None]], float | None] | None]
+
+
+@cache
+def _plan(model_ids: tuple[int, ...]) -> tuple[tuple[str, tuple[_Candidate, ...]], ...]:
+    """Per field, in the table's order of preference: (index of the first block of that model, points, combine)
+    for each model of the table that ``model_ids`` (the blocks' ids, in order) holds; combine is ``None`` for
+    the first of one point. Devices keep their model list: this is worked out once per kind of device."""
+    first: dict[int, int] = {}
+    for i, mid in enumerate(model_ids):
+        first.setdefault(mid, i)
+    fields: dict[str, list[_Candidate]] = {}
+    for row in _ROWS:
+        combine = None if row.combine is _first and len(row.points) == 1 else row.combine
+        fields.setdefault(row.field, []).extend(
+            (first[mid], row.points, combine) for mid in row.models if mid in first)
+    return tuple((name, tuple(c)) for name, c in fields.items() if c)
+
+
+_block_id = attrgetter("id")
+
+
 def measurement(device_id: str, at: float, role: str, blocks: Sequence[ModelBlock]) -> Measurement:
     """The :class:`Measurement` these decoded models give (first match per field, in the table's order)."""
-    by_id: dict[int, ModelBlock] = {}
-    for b in blocks:
-        by_id.setdefault(b.id, b)
-    out: dict[str, float | int | None] = {}
-    for row in _ROWS:
-        if out.get(row.field) is not None:
-            continue
-        for mid in row.models:
-            block = by_id.get(mid)
-            if block is None:
-                continue
-            raw = [block.points.get(p) for p in row.points]
-            value = row.combine([v if isinstance(v, int | float) else None for v in raw])
-            if value is not None:
-                out[row.field] = value
-                break
-    state = out.pop("state", None)
-    return Measurement(device_id=device_id, at=at, role=role, state=None if state is None else int(state),
-                       **{k: float(v) for k, v in out.items() if v is not None})
+    out: dict[str, float] = {}
+    state = None
+    for name, candidates in _plan(tuple(map(_block_id, blocks))):
+        for index, points, combine in candidates:
+            values = blocks[index].points
+            if combine is None:
+                value = values.get(points[0])
+                if not isinstance(value, int | float):
+                    continue
+            else:
+                value = combine([v if isinstance(v, int | float) else None for v in map(values.get, points)])
+                if value is None:
+                    continue
+            if name == "state":
+                state = int(value)
+            else:
+                out[name] = float(value)
+            break
+    return Measurement(device_id=device_id, at=at, role=role, state=state, **out)

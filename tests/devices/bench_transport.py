@@ -100,7 +100,8 @@ class _BareClient(asyncio.Protocol):
             end = 6 + struct.unpack_from(">H", self.buf, 4)[0]
             if len(self.buf) >= end and self.fut is not None:
                 frame, self.buf = self.buf[:end], self.buf[end:]
-                self.fut.set_result(frame)
+                if not self.fut.done():  # a reply to a cancelled request: dropped (set_result would raise)
+                    self.fut.set_result(frame)
 
     async def read(self, address: int, count: int) -> list[int]:
         assert self.transport is not None

@@ -83,7 +83,8 @@ class ScriptedServer:
 
     Behaviours: healthy, silent (never answers), close_mid (half a reply, then close), bad_count (byte count and data
     one register short), garbage_length (MBAP length 0xFFFF), wrong_unit, stale_tid (a reply with the previous
-    transaction id first, then the right one), late (answers after 0.3 s), once (answers the first request only).
+    transaction id first, then the right one), late (answers after 0.3 s), once (answers the first request only),
+    dribble (sends each reply a byte at a time).
     """
 
     def __init__(self, script: list[str]) -> None:
@@ -142,6 +143,12 @@ class ScriptedServer:
                 elif behaviour == "stale_tid":
                     junk = bytes((3, body[1])) + b"\xee" * body[1]
                     writer.write(struct.pack(">HHHB", (tid - 1) & 0xFFFF, 0, len(junk) + 1, unit) + junk)
+                elif behaviour == "dribble":
+                    for i in range(len(frame)):
+                        writer.write(frame[i : i + 1])
+                        await writer.drain()
+                        await asyncio.sleep(0.002)
+                    continue
                 elif behaviour == "late":
                     await asyncio.sleep(0.3)
                     body = bytes((3, body[1])) + b"\xee" * body[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
@@ -22,6 +23,26 @@ async def test_read_holding_returns_the_registers(sim_server: SimServer) -> None
     async with TcpEndpoint("127.0.0.1", sim_server.port) as endpoint:
         assert await endpoint.read_holding(1, BASE + 10, 5) == unit_values(1)[10:15]
         assert await endpoint.read_holding(1, BASE, 125) == unit_values(1)[:125]
+
+
+async def test_read_holding_bytes_returns_the_register_bytes(sim_server: SimServer) -> None:
+    async with TcpEndpoint("127.0.0.1", sim_server.port) as endpoint:
+        assert await endpoint.read_holding_bytes(1, BASE + 10, 5) == struct.pack(">5H", *unit_values(1)[10:15])
+        assert await UnitIO(endpoint, 2).read_bytes(BASE, 125) == struct.pack(">125H", *unit_values(2)[:125])
+        with pytest.raises(DeviceExceptionResponse) as caught:
+            await endpoint.read_holding_bytes(1, 100, 5)
+        assert caught.value.reason == "exception 2 (illegal data address) reading 100+5"
+
+
+@pytest.mark.parametrize(("function_code", "reason"), [
+    (16, "exception 2 (illegal data address) writing 100+2 (fc16)"),
+    (6, "exception 2 (illegal data address) writing 100+1 (fc6)"),
+])
+async def test_write_exception_names_the_request(sim_server: SimServer, function_code: int, reason: str) -> None:
+    async with TcpEndpoint("127.0.0.1", sim_server.port) as endpoint:
+        with pytest.raises(DeviceExceptionResponse) as caught:
+            await UnitIO(endpoint, 1, write_function_code=function_code).write(100, [1, 2])
+        assert caught.value.reason == reason
 
 
 async def test_unit_io_write_fc16_then_read_back(sim_server: SimServer) -> None:
@@ -87,6 +108,13 @@ async def test_reply_with_another_transaction_id_is_ignored() -> None:
     async with ScriptedServer(["stale_tid"]) as server, TcpEndpoint("127.0.0.1", server.port, timeout_s=0.5) as ep:
         assert await ep.read_holding(1, 100, 4) == [100, 101, 102, 103]
         assert await ep.read_holding(1, 200, 2) == [200, 201]
+        assert server.connects == 1
+
+
+async def test_reply_arriving_a_byte_at_a_time_is_reassembled() -> None:
+    async with ScriptedServer(["dribble"]) as server, TcpEndpoint("127.0.0.1", server.port, timeout_s=2.0) as ep:
+        assert await ep.read_holding(1, 100, 4) == [100, 101, 102, 103]
+        assert await ep.read_holding_bytes(1, 300, 2) == struct.pack(">2H", 300, 301)
         assert server.connects == 1
 
 

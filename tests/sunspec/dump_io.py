@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ class DumpIO:
                 raise DeviceExceptionResponse(f"exception 2 reading {address}+{count}", 2)
             out.append(v)
         return out
+
+    async def read_bytes(self, address: int, count: int) -> bytes:
+        return struct.pack(f">{count}H", *await self.read(address, count))
 
     async def write(self, address: int, values: Sequence[int]) -> None:
         for i, v in enumerate(values):
