@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dump", action="append", default=[], metavar="PATH", help="serve a register dump (JSON)")
     p.add_argument("--units-per-port", type=int, default=1, help="unit ids served on each port (an RS-485 gateway)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+
+    p = sub.add_parser("twin", help="the feeder twin: solve a feeder model")
+    twin = p.add_subparsers(dest="twin_command", required=True)
+    p = twin.add_parser("solve", help="AC power flow of a feeder at its base case (DERs at 0 W)")
+    p.add_argument("feeder", help="a gridedge feeder file (.toml/.json) or an OpenDSS master file (.dss)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a stable interface)")
     return parser
 
 
@@ -191,7 +197,52 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "demo": _demo, "discover": _discover, "read": _read, "simulate": _simulate}
+async def _twin_solve(args: argparse.Namespace) -> int:
+    """``gridedge twin solve FEEDER [--json]``: exit 4 with the feeder's issues when it cannot be used."""
+    import math
+
+    from gateway.twin import FeederError, PowerFlow, load_feeder  # numpy and power-grid-model: only when needed
+
+    def solve() -> tuple[Any, Any]:
+        feeder = load_feeder(args.feeder)
+        return feeder, PowerFlow(feeder).solve()
+
+    try:
+        feeder, res = await asyncio.to_thread(solve)  # twin calls block: off the event loop
+    except FeederError as exc:
+        print(f"gridedge: feeder error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else float(x)
+
+    names = [str(n) for n in feeder.buses.name]
+    ok = bool(res.converged[0])
+    out = {
+        "converged": ok, "losses_kw": num(res.losses_w[0] / 1e3), "vmin_pu": num(res.vmin_pu[0]),
+        "vmin_bus": names[res.vmin_bus[0]] if ok else None, "vmax_pu": num(res.vmax_pu[0]),
+        "vmax_bus": names[res.vmax_bus[0]] if ok else None, "max_loading": num(res.max_loading[0]),
+        "buses": {n: {"v_pu": [num(v) for v in res.v_pu[0, k]]} for k, n in enumerate(names)},
+    }
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    kind = "balanced: symmetric solve" if feeder.balanced else "unbalanced: three-phase solve"
+    print(f"feeder {feeder.name}: {len(names)} buses, {len(feeder.lines)} lines, {len(feeder.transformers)} "
+          f"transformer(s), {len(feeder.loads)} loads, {len(feeder.ders)} DER points ({kind})")
+    if not ok:
+        print("power flow did not converge")
+        return 0
+    loading = "unrated" if out["max_loading"] is None else f"{100 * res.max_loading[0]:.1f} %"
+    print(f"converged; losses {out['losses_kw']:.3f} kW; source {res.source_p_w[0] / 1e3:.3f} kW, "
+          f"{res.source_q_var[0] / 1e3:.3f} kvar")
+    print(f"vmin {out['vmin_pu']:.5f} pu at bus {out['vmin_bus']}, vmax {out['vmax_pu']:.5f} pu at bus "
+          f"{out['vmax_bus']}; limits {feeder.limits.vmin_pu}-{feeder.limits.vmax_pu} pu; max loading {loading}")
+    return 0
+
+
+_COMMANDS = {"run": _run, "demo": _demo, "discover": _discover, "read": _read, "simulate": _simulate,
+             "twin": _twin_solve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
