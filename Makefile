@@ -9,6 +9,11 @@ DURATION ?= 0
 .PHONY: demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
+	@# The uplink tests run a real mosquitto broker (TLS, ACLs): install it where it is missing.
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  { $$(command -v sudo >/dev/null && test "$$(id -u)" != 0 && echo sudo) apt-get install -y mosquitto || \
+	    { $$(command -v sudo >/dev/null && test "$$(id -u)" != 0 && echo sudo) apt-get update && \
+	      $$(command -v sudo >/dev/null && test "$$(id -u)" != 0 && echo sudo) apt-get install -y mosquitto; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
