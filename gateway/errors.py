@@ -56,3 +56,15 @@ class WriteVerificationError(DeviceError):
 
 class UnsupportedControl(DeviceError):
     """The device does not implement the model or point a control needs."""
+
+
+class CommandRejected(GridedgeError):
+    """An inbound command that must actuate nothing: unsigned, tampered, unknown key, expired, replayed, malformed.
+
+    ``reason`` is a short stable code (``bad-signature``, ``unknown-key``, ``expired``, ``replayed``, ``malformed``,
+    ...) for the audit log and counters; the message says more. Never carries key material.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
