@@ -69,17 +69,23 @@ from gateway.profiles import _non_empty as non_empty
 from gateway.profiles import _parse_toml as parse_toml
 from gateway.profiles import _problems as problems
 from gateway.profiles import _show as show
+from gateway.types import Authority
 
 __all__ = [
     "BAUDRATES",
     "Config",
+    "DefaultEnvelopeConfig",
     "DeviceConfig",
+    "DispatchConfig",
     "LogLevel",
     "Parity",
+    "PowerLimits",
     "Role",
     "SerialLink",
     "SiteConfig",
     "TcpLink",
+    "TwinConfig",
+    "TwinDerConfig",
     "build_config",
     "load_config",
     "parse_config",
@@ -350,6 +356,210 @@ def _profile_dirs(info: ValidationInfo) -> tuple[Path, ...] | None:
     return None
 
 
+# --- [dispatch] -----------------------------------------------------------------------------------------------------
+
+
+def _authority(value: Any) -> Any:
+    if isinstance(value, Authority):
+        return value
+    if isinstance(value, str):
+        try:
+            return Authority(value.strip().lower())
+        except ValueError:
+            close = difflib.get_close_matches(value.strip().lower(), [a.value for a in Authority], n=1)
+            if close:
+                raise fail("authority", f'{show(value)} is not an authority — did you mean "{close[0]}"?') from None
+    names = ", ".join(f'"{a.value}"' for a in Authority)
+    raise fail("authority", f"{show(value)} is not an authority — use one of {names}")
+
+
+def _rank_each_once(rank: tuple[Authority, ...]) -> tuple[Authority, ...]:
+    example = "[" + ", ".join(f'"{a.value}"' for a in Authority) + "]"
+    seen: set[Authority] = set()
+    for authority in rank:
+        if authority in seen:
+            raise fail("authority_rank", f'"{authority.value}" is listed twice — list each authority once, '
+                                         f"highest first, e.g. {example}")
+        seen.add(authority)
+    missing = [a.value for a in Authority if a not in seen]
+    if missing:
+        raise fail("authority_rank", f'{", ".join(map(show, missing))} missing — list each authority once, highest '
+                                     f"first, e.g. {example}")
+    return rank
+
+
+def _path_text(value: str) -> str:
+    if not value.strip():
+        raise fail("path", 'is empty — give a file path, e.g. audit_log = "/var/lib/gridedge/audit.jsonl"')
+    return value
+
+
+Watts = Annotated[float, Field(ge=0)]
+
+
+class PowerLimits(_Section):
+    """``{ export_w = .., import_w = .. }``: the most a DER may export and import, magnitudes in W (>= 0)."""
+
+    export_w: Watts
+    import_w: Watts
+
+
+class DefaultEnvelopeConfig(_Section):
+    """``[dispatch.default_envelope]``: the fail-safe limits used while no valid certified envelope is in force.
+
+    ``export_w``/``import_w`` apply to every DER; ``ders`` overrides them per DER
+    (``ders = { bat-1 = { export_w = 0, import_w = 0 } }``). Like CSIP-AUS's DefaultDERControl.
+    """
+
+    export_w: Watts
+    import_w: Watts
+    ders: dict[str, PowerLimits] = Field(default_factory=dict)
+
+    def limits_for(self, der_id: str) -> PowerLimits:
+        return self.ders.get(der_id) or PowerLimits(export_w=self.export_w, import_w=self.import_w)
+
+
+class DispatchConfig(_Section):
+    """``[dispatch]``: who may command the DERs, within what, and where every decision is recorded.
+
+    Example::
+
+        [dispatch]
+        authority_rank = ["grid-operator", "aggregator", "local"]   # highest first; each once
+        reversion_s = 300            # longest reversion timer written with a setpoint
+        audit_log = "/var/lib/gridedge/audit.jsonl"
+
+        [dispatch.customer_limits]   # per DER (every inverter and battery): no command exceeds these
+        inv-1 = { export_w = 5000, import_w = 0 }
+        bat-1 = { export_w = 3000, import_w = 3000 }
+
+        [dispatch.default_envelope]  # fail-safe: in force while no valid certified envelope is
+        export_w = 1500
+        import_w = 1500
+    """
+
+    authority_rank: Annotated[
+        tuple[Annotated[Authority, BeforeValidator(_authority)], ...],
+        Field(strict=False),
+        AfterValidator(_rank_each_once),
+    ] = (Authority.GRID_OPERATOR, Authority.AGGREGATOR, Authority.LOCAL)
+    customer_limits: dict[str, PowerLimits] = Field(default_factory=dict)
+    default_envelope: DefaultEnvelopeConfig
+    reversion_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    audit_log: Annotated[str, AfterValidator(_path_text)]
+    audit_recover_torn_tail: bool = False
+
+
+def _check_dispatch(dispatch: DispatchConfig, devices: tuple[DeviceConfig, ...]) -> None:
+    """Customer limits name configured DERs, and every inverter and battery has them."""
+    by_id = {d.id: d for d in devices}
+    for der_id in dispatch.customer_limits:
+        key = f"dispatch.customer_limits.{der_id}"
+        dev = by_id.get(der_id)
+        if dev is None:
+            close = difflib.get_close_matches(der_id, list(by_id), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise fail("unknown_der", f"no device {show(der_id)} in [[devices]]{hint} — fix the id or remove the entry",
+                       key=key)
+        if dev.role == "meter":
+            raise fail("not_a_der", f"{show(der_id)} is a meter — customer limits are for inverters and batteries: "
+                                    "remove the entry", key=key)
+    for dev in devices:
+        if dev.role in ("inverter", "battery") and dev.id not in dispatch.customer_limits:
+            export = f"{dev.rated_w:g}" if dev.rated_w is not None else "5000"
+            imp = export if dev.role == "battery" else "0"
+            raise fail("no_customer_limits",
+                       f"no limits for {dev.role} {show(dev.id)} — add {dev.id} = {{ export_w = {export}, import_w = "
+                       f"{imp} }} (what its connection agreement allows)", key="dispatch.customer_limits")
+    for der_id in dispatch.default_envelope.ders:
+        if der_id not in dispatch.customer_limits:
+            raise fail("unknown_der", f"{show(der_id)} has no customer limits, so dispatch never commands it — fix the "
+                                      "id or remove the entry", key=f"dispatch.default_envelope.ders.{der_id}")
+
+
+# --- [twin] ---------------------------------------------------------------------------------------------------------
+
+#: Feeders bundled through pip-installed pandapower: ``feeder = "builtin:NAME"``.
+BUILTIN_FEEDERS = ("case33bw", "ieee-european-lv")
+
+
+def _check_feeder(value: str) -> str:
+    if value.startswith("builtin:"):
+        if value.removeprefix("builtin:") not in BUILTIN_FEEDERS:
+            raise fail("feeder", f"{show(value)} is not a bundled feeder — use one of "
+                                 f"{', '.join('builtin:' + n for n in BUILTIN_FEEDERS)} or a file path")
+        return value
+    if not value.lower().endswith((".toml", ".json", ".dss")):
+        raise fail("feeder", f"{show(value)} is not a feeder — give a gridedge feeder file (.toml/.json), an OpenDSS "
+                             "master file (.dss) or builtin:case33bw")
+    return value
+
+
+class TwinDerConfig(_Section):
+    """``[[twin.ders]]``: where a configured inverter or battery connects to the feeder."""
+
+    device: DeviceId
+    bus: Annotated[str, Field(min_length=1)]
+    phase: Literal["abc", "a", "b", "c"] = "abc"
+    rating_w: Annotated[float, Field(gt=0)] | None = None  # default: the device's rated_w
+
+
+class TwinConfig(_Section):
+    """``[twin]``: the feeder segment the gateway sits on and how its envelopes are computed.
+
+    Example::
+
+        [twin]
+        feeder = "/etc/gridedge/feeder.toml"   # or a .dss master file, or "builtin:case33bw"
+        interval_s = 60                        # a new certified envelope this often
+        validity_s = 300                       # each envelope's validUntil - validFrom
+        policy = "equal"                       # equal | proportional | max-total
+        vmin_pu = 0.95                         # default: the feeder file's limits (ANSI C84.1 Range A)
+        vmax_pu = 1.05
+        load_bound = [0.2, 1.2]                # unmeasured loads: this range times their estimate
+
+        [[twin.ders]]
+        device = "inv-1"
+        bus = "b17"
+        phase = "a"
+    """
+
+    feeder: Annotated[str, AfterValidator(_check_feeder)]
+    interval_s: Seconds = 60.0
+    validity_s: Seconds = 300.0
+    policy: Literal["equal", "proportional", "max-total"] = "equal"
+    vmin_pu: Annotated[float, Field(gt=0.5, lt=1.0)] | None = None
+    vmax_pu: Annotated[float, Field(gt=1.0, lt=1.5)] | None = None
+    margin_v_pu: Annotated[float, Field(ge=0, le=0.05)] = 0.002
+    load_bound: Annotated[tuple[float, float], Field(strict=False)] = (0.2, 1.2)
+    ders: Annotated[tuple[TwinDerConfig, ...], Field(strict=False), AfterValidator(non_empty)]
+
+
+def _check_twin(twin: TwinConfig, devices: tuple[DeviceConfig, ...]) -> None:
+    """Every twin DER names a configured inverter or battery, once, with a rating from somewhere."""
+    by_id = {d.id: d for d in devices}
+    seen: set[str] = set()
+    for i, der in enumerate(twin.ders):
+        key = f"twin.ders[{i}].device"
+        dev = by_id.get(der.device)
+        if dev is None:
+            close = difflib.get_close_matches(der.device, list(by_id), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise fail("unknown_der", f"no device {show(der.device)} in [[devices]]{hint} — fix the id", key=key)
+        if dev.role == "meter":
+            raise fail("not_a_der", f"{show(der.device)} is a meter — list inverters and batteries here", key=key)
+        if der.device in seen:
+            raise fail("duplicate_der", f"{show(der.device)} is listed twice — one connection point per DER", key=key)
+        seen.add(der.device)
+        if der.rating_w is None and dev.rated_w is None:
+            raise fail("no_rating", f"no rating for {show(der.device)} — set rating_w here or rated_w on the device",
+                       key=f"twin.ders[{i}].rating_w")
+    lo, hi = twin.load_bound
+    if not 0 <= lo <= hi:
+        raise fail("load_bound", f"{list(twin.load_bound)} — use [low, high] with 0 <= low <= high, e.g. [0.2, 1.2]",
+                   key="twin.load_bound")
+
+
 # --- the whole file -------------------------------------------------------------------------------------------------
 
 
@@ -364,6 +574,20 @@ class Config(_Section):
 
     site: SiteConfig
     devices: Annotated[tuple[DeviceConfig, ...], Field(strict=False), AfterValidator(_at_least_one_device)]
+    dispatch: DispatchConfig | None = None
+    twin: TwinConfig | None = None
+
+    @model_validator(mode="after")
+    def _twin_matches_devices(self) -> Config:
+        if self.twin is not None:
+            _check_twin(self.twin, self.devices)
+        return self
+
+    @model_validator(mode="after")
+    def _dispatch_matches_devices(self) -> Config:
+        if self.dispatch is not None:
+            _check_dispatch(self.dispatch, self.devices)
+        return self
 
     @model_validator(mode="after")
     def _devices_distinct(self) -> Config:

@@ -68,3 +68,48 @@ class CommandRejected(GridedgeError):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
+
+
+class SignatureError(GridedgeError, ValueError):
+    """A signed message (JWS) that does not verify. Nothing in it may be used.
+
+    ``reason`` is a short stable code: ``malformed`` (not a compact JWS, bad base64url or JSON), ``unknown-key``
+    (no ``kid``, or a ``kid`` not among the trusted keys), ``bad-signature`` (tampered, or signed by another key),
+    ``bad-alg`` (``alg`` other than ES256: ``none``, ``HS256``, ...). ``detail`` says more; never key material.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class MessageError(GridedgeError, ValueError):
+    """A payload (signed or not) that is not a valid gridedge wire message; the message names the field."""
+
+
+class AuditLogError(GridedgeError, ValueError):
+    """The audit log cannot be continued: its last line is torn or broken, or another process holds it.
+
+    ``line`` is the 1-based line at fault, when there is one. Dispatch actuates nothing it cannot record.
+    """
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class UplinkUnavailable(GridedgeError, ConnectionError):
+    """An uplink cannot take a message now (not connected, or stopped). The durable outbox keeps it for later."""
+
+
+class UplinkRefused(GridedgeError, ConnectionError):
+    """An upstream peer is not the one trusted, or refused us: a human must look (not a transient outage).
+
+    ``reason`` is a short stable code (``pin-mismatch``, ``bad-signature``, ``refused``, ``not-registered``,
+    ``report-refused``); the message says more and names the fix. Never carries key material.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason

@@ -51,3 +51,5 @@ def configure(level: str = "info", *, json: bool | None = None, stream: TextIO |
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     logging.getLogger("pymodbus").setLevel(max(numeric, logging.WARNING))
+    # openleadr forces its logger to INFO and logs every report value: only its warnings.
+    logging.getLogger("openleadr").setLevel(max(numeric, logging.WARNING))

@@ -72,7 +72,8 @@ class Envelope:
     """Per-DER limits valid over ``[valid_from, valid_until)`` (UNIX s), issued by ``issuer`` with ``sequence``.
 
     ``certified`` False means the configured default envelope, published because the twin could not certify;
-    ``reason`` says why. ``certificate`` is None exactly when not certified.
+    ``reason`` says why. ``certificate`` is None exactly when not certified. ``connection_points``: limits on the
+    net export/import at connection points (``DerLimit.der_id`` naming the point), when the envelope has them.
     """
 
     issuer: str
@@ -83,6 +84,7 @@ class Envelope:
     certified: bool
     certificate: EnvelopeCertificate | None = None
     reason: str | None = None
+    connection_points: tuple[DerLimit, ...] = ()
 
     def limit(self, der_id: str) -> DerLimit | None:
         return next((lim for lim in self.limits if lim.der_id == der_id), None)
