@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.errors import ConfigError
 
 #: The leaf certificates `init_dev_pki` makes by default: the MQTT broker, this gateway, the head-end that signs
-#: commands and verifies envelopes, and the OpenADR VTN.
-DEFAULT_NAMES = ("broker", "gateway", "headend", "vtn")
+#: commands and verifies envelopes, the OpenADR VTN, and the gateway's OpenADR VEN (its TLS client identity there).
+DEFAULT_NAMES = ("broker", "gateway", "headend", "vtn", "ven")
 _LOOPBACK_SANS: list[x509.GeneralName] = [
     x509.DNSName("localhost"),
     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -104,7 +105,10 @@ def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, iss
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               # RFC 5280 4.2.1.1: strict verifiers (cryptography's, rustls) refuse a leaf without it.
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
     if ca:
         builder = builder.add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
@@ -123,10 +127,11 @@ def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, iss
 
 
 def init_dev_pki(directory: str | Path, names: tuple[str, ...] = DEFAULT_NAMES, *, days: int = 30,
-                 ) -> dict[str, Identity]:
+                 common_names: Mapping[str, str] | None = None) -> dict[str, Identity]:
     """Make a development CA and one EC P-256 leaf per name in ``directory`` (``ca.pem``, ``NAME.pem``,
     ``NAME.key``; keys 0600, the CA key ``ca.key`` too). Leaves are valid for loopback (localhost, 127.0.0.1,
-    ::1) as server and client. Existing files are replaced. Returns each name's :class:`Identity`."""
+    ::1) as server and client; a leaf's subject CN is ``common_names[NAME]`` if given (e.g. the gateway id), else
+    ``NAME``. Existing files are replaced. Returns each name's :class:`Identity`."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     ca_key = new_key()
@@ -137,7 +142,7 @@ def init_dev_pki(directory: str | Path, names: tuple[str, ...] = DEFAULT_NAMES, 
     identities = {}
     for name in names:
         key = new_key()
-        cert = _issue(name, key, ca_name, ca_key, ca=False, days=days)
+        cert = _issue((common_names or {}).get(name, name), key, ca_name, ca_key, ca=False, days=days)
         write_private_key(key, out / f"{name}.key")
         (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         identities[name] = Identity(name, out / f"{name}.pem", out / f"{name}.key", out / "ca.pem")
