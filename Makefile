@@ -38,6 +38,7 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_devices
+	$(BIN)/python -m tests.benchmarks.bench_twin
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -77,15 +77,20 @@ __all__ = [
     "DefaultEnvelopeConfig",
     "DeviceConfig",
     "DispatchConfig",
+    "HeadEndConfig",
     "LogLevel",
+    "MqttUplinkConfig",
+    "OpenAdrUplinkConfig",
     "Parity",
     "PowerLimits",
     "Role",
     "SerialLink",
+    "SigningConfig",
     "SiteConfig",
     "TcpLink",
     "TwinConfig",
     "TwinDerConfig",
+    "UplinkConfig",
     "build_config",
     "load_config",
     "parse_config",
@@ -517,6 +522,7 @@ class TwinConfig(_Section):
         vmin_pu = 0.95                         # default: the feeder file's limits (ANSI C84.1 Range A)
         vmax_pu = 1.05
         load_bound = [0.2, 1.2]                # unmeasured loads: this range times their estimate
+        source_v_pu = 1.02                     # the source (substation busbar) voltage; default: the feeder's
 
         [[twin.ders]]
         device = "inv-1"
@@ -532,6 +538,7 @@ class TwinConfig(_Section):
     vmax_pu: Annotated[float, Field(gt=1.0, lt=1.5)] | None = None
     margin_v_pu: Annotated[float, Field(ge=0, le=0.05)] = 0.002
     load_bound: Annotated[tuple[float, float], Field(strict=False)] = (0.2, 1.2)
+    source_v_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None  # operating point; default: the feeder's
     ders: Annotated[tuple[TwinDerConfig, ...], Field(strict=False), AfterValidator(non_empty)]
 
 
@@ -560,6 +567,199 @@ def _check_twin(twin: TwinConfig, devices: tuple[DeviceConfig, ...]) -> None:
                    key="twin.load_bound")
 
 
+# --- [uplink] -------------------------------------------------------------------------------------------------------
+
+_FINGERPRINT_HEX = frozenset("0123456789abcdef")
+_ISSUER = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _file_path(value: str) -> str:
+    if not value.strip():
+        raise fail("path", 'is empty — give the path of a PEM file, e.g. "/etc/gridedge/pki/gateway.pem"')
+    return value
+
+
+def _https(value: str) -> str:
+    if not value.startswith("https://"):
+        raise fail("vtn_url", f"{show(value)} is not https — the VTN is reached over mutual TLS: write e.g. "
+                              '"https://vtn.example:8443/OpenADR2/Simple/2.0b"')
+    return value
+
+
+def _fingerprint(value: str) -> str:
+    hexed = value.replace(":", "").replace(" ", "").lower()
+    if len(hexed) not in (64, 20) or not set(hexed) <= _FINGERPRINT_HEX:
+        raise fail("vtn_fingerprint", f"{show(value)} is not a certificate fingerprint — give the VTN certificate's "
+                                      "SHA-256 (64 hex digits: openssl x509 -noout -fingerprint -sha256 -in vtn.pem)")
+    return value
+
+
+def _issuer(value: str) -> str:
+    if not _ISSUER.fullmatch(value):
+        raise fail("issuer", f"{show(value)} is not an issuer name — use 1-128 printable characters without spaces, "
+                             'as the head-end writes it in its commands, e.g. "dnsp-headend"')
+    return value
+
+
+def _simple_levels(value: Any) -> Any:
+    """``{ "1" = 0.5, ... }`` (TOML keys are text) -> ``{1: 0.5, ...}``; levels 1-3, fractions in [0, 1]."""
+    if not isinstance(value, Mapping):
+        raise fail("simple_levels", f'{show(value)} is not a table — write e.g. simple_levels = {{ "1" = 0.5, '
+                                    '"2" = 0.2, "3" = 0.0 }}')
+    out: dict[int, float] = {}
+    for key, fraction in value.items():
+        level = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+        if level not in (1, 2, 3) or isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not 0.0 <= fraction <= 1.0:
+            raise fail("simple_levels", f"{show(key)} = {show(fraction)} — SIMPLE levels 1-3 map to a fraction of "
+                                        'the export rating in [0, 1], e.g. "1" = 0.5 (level 0 is normal operation)')
+        out[int(level)] = float(fraction)
+    return out
+
+
+PemPath = Annotated[str, AfterValidator(_file_path)]
+
+
+class MqttUplinkConfig(_Section):
+    """``[uplink.mqtt]``: the broker, reached over mutual TLS (MQTT v5). The key must be mode 0600, EC P-256."""
+
+    host: Annotated[str, AfterValidator(_check_host)]
+    port: Port = 8883
+    ca: PemPath
+    cert: PemPath
+    key: PemPath
+    keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    client_id: Name | None = None  # default gridedge-<site>-<gateway_id>
+
+
+class OpenAdrUplinkConfig(_Section):
+    """``[uplink.openadr]``: the OpenADR 2.0b VEN. ``der_ids`` default to every DER dispatch commands."""
+
+    vtn_url: Annotated[str, AfterValidator(_https)]
+    ven_name: Annotated[str, Field(min_length=1, max_length=128)]
+    cert: PemPath
+    key: PemPath
+    ca: PemPath
+    vtn_fingerprint: Annotated[str, AfterValidator(_fingerprint)]
+    der_ids: Annotated[tuple[DeviceId, ...], Field(strict=False)] | None = None
+    authority: Annotated[Authority, BeforeValidator(_authority)] = Authority.AGGREGATOR
+    ven_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    simple_levels: Annotated[dict[int, float], BeforeValidator(_simple_levels), Field(strict=False)] | None = None
+    load_dispatch_sign: Literal["load", "generation"] = "load"
+    report_min_period_s: Annotated[int, Field(ge=1, le=86_400)] = 10
+    report_max_period_s: Annotated[int, Field(ge=1, le=86_400)] = 3600
+    nominal_hz: Literal[50, 60] = 50
+    nominal_v: Annotated[int, Field(gt=0, le=1000)] = 230
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _periods(self) -> OpenAdrUplinkConfig:
+        if self.report_min_period_s > self.report_max_period_s:
+            raise fail("report_periods", f"report_min_period_s ({self.report_min_period_s}) is above "
+                                         f"report_max_period_s ({self.report_max_period_s}) — make min <= max",
+                       key="report_min_period_s")
+        return self
+
+
+class SigningConfig(_Section):
+    """``[uplink.signing]``: the gateway's ES256 key and certificate; every message it publishes is signed."""
+
+    cert: PemPath
+    key: PemPath
+
+
+class HeadEndConfig(_Section):
+    """``[[uplink.headends]]``: a head-end allowed to send commands: its signing certificate, the authority its
+    commands carry, and the issuer name it writes in them."""
+
+    cert: PemPath
+    authority: Annotated[Authority, BeforeValidator(_authority)]
+    issuer: Annotated[str, AfterValidator(_issuer)]
+
+
+class UplinkConfig(_Section):
+    """``[uplink]``: where the gateway reports to and takes signed commands from.
+
+    Example::
+
+        [uplink]
+        state_dir = "/var/lib/gridedge"   # the durable outbox, sequence numbers, command replay state
+        telemetry_interval_s = 10
+
+        [uplink.signing]                  # every published message is a JWS (ES256) under this key
+        cert = "/etc/gridedge/pki/gateway.pem"
+        key = "/etc/gridedge/pki/gateway.key"
+
+        [uplink.mqtt]                     # topics gridedge/<site>/<gateway>/{status,telemetry,envelope,events,cmd}
+        host = "broker.example"
+        port = 8883
+        ca = "/etc/gridedge/pki/ca.pem"
+        cert = "/etc/gridedge/pki/gateway.pem"
+        key = "/etc/gridedge/pki/gateway.key"
+
+        [[uplink.headends]]               # who may send commands on .../cmd, signed with this certificate
+        cert = "/etc/gridedge/pki/dnsp.pem"
+        authority = "grid-operator"
+        issuer = "dnsp-headend"
+
+        [uplink.openadr]                  # an OpenADR 2.0b VTN: events become commands, reports go up
+        vtn_url = "https://vtn.example:8443/OpenADR2/Simple/2.0b"
+        ven_name = "depot-7"
+        cert = "/etc/gridedge/pki/ven.pem"
+        key = "/etc/gridedge/pki/ven.key"
+        ca = "/etc/gridedge/pki/ca.pem"
+        vtn_fingerprint = "…64 hex digits…"
+    """
+
+    state_dir: Annotated[str, AfterValidator(_path_text)] = "/var/lib/gridedge"
+    telemetry_interval_s: Seconds = 10.0
+    command_replay_window_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    command_clock_skew_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    signing: SigningConfig | None = None
+    mqtt: MqttUplinkConfig | None = None
+    openadr: OpenAdrUplinkConfig | None = None
+    headends: Annotated[tuple[HeadEndConfig, ...], Field(strict=False)] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UplinkConfig:
+        if self.mqtt is not None and self.signing is None:
+            raise fail("no_signing", "everything the gateway publishes is signed — add [uplink.signing] with cert "
+                                     "and key (or remove [uplink.mqtt])", key="signing")
+        if self.headends and self.mqtt is None:
+            raise fail("no_mqtt", "head-end commands arrive over MQTT (.../cmd) — add [uplink.mqtt] (or remove "
+                                  "[[uplink.headends]])", key="headends")
+        if self.command_clock_skew_s >= self.command_replay_window_s:
+            raise fail("clock_skew", f"{self.command_clock_skew_s:g} s is not below command_replay_window_s "
+                                     f"({self.command_replay_window_s:g} s) — lower it (30 is usual)",
+                       key="command_clock_skew_s")
+        issuers: dict[str, Authority] = {}
+        for i, head in enumerate(self.headends):
+            seen = issuers.setdefault(head.issuer, head.authority)
+            if seen is not head.authority:
+                raise fail("issuer_authority", f"issuer {show(head.issuer)} is already listed as {seen.value} — one "
+                                               "issuer speaks with one authority: fix the authority or the issuer",
+                           key=f"headends[{i}].authority")
+        return self
+
+
+def _check_uplink(uplink: UplinkConfig, dispatch: DispatchConfig | None) -> None:
+    """Commands need dispatch; OpenADR's DERs are DERs dispatch commands."""
+    if dispatch is None:
+        for present, what in ((uplink.headends, "[[uplink.headends]]"), (uplink.openadr, "[uplink.openadr]")):
+            if present:
+                raise fail("no_dispatch", f"{what} sends commands, and only dispatch carries them out — add a "
+                                          "[dispatch] section (customer limits, default envelope, audit log)",
+                           key="uplink")
+        return
+    if uplink.openadr is not None and uplink.openadr.der_ids is not None:
+        for i, der in enumerate(uplink.openadr.der_ids):
+            if der not in dispatch.customer_limits:
+                close = difflib.get_close_matches(der, list(dispatch.customer_limits), n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                raise fail("unknown_der", f"{show(der)} has no customer limits in [dispatch]{hint} — list DERs "
+                                          "dispatch commands", key=f"uplink.openadr.der_ids[{i}]")
+
+
 # --- the whole file -------------------------------------------------------------------------------------------------
 
 
@@ -576,11 +776,18 @@ class Config(_Section):
     devices: Annotated[tuple[DeviceConfig, ...], Field(strict=False), AfterValidator(_at_least_one_device)]
     dispatch: DispatchConfig | None = None
     twin: TwinConfig | None = None
+    uplink: UplinkConfig | None = None
 
     @model_validator(mode="after")
     def _twin_matches_devices(self) -> Config:
         if self.twin is not None:
             _check_twin(self.twin, self.devices)
+        return self
+
+    @model_validator(mode="after")
+    def _uplink_matches_dispatch(self) -> Config:
+        if self.uplink is not None:
+            _check_uplink(self.uplink, self.dispatch)
         return self
 
     @model_validator(mode="after")

@@ -21,10 +21,18 @@ import numpy as np
 import structlog
 
 from gateway.config import Config, TwinConfig
-from gateway.twin import Feeder, PowerFlow, TwinError, load_feeder
-from gateway.twin._criteria import Criteria
-from gateway.twin._envelope import EnvelopeRequest, EnvelopeResult, Policy, certify_envelope
-from gateway.twin._sensitivity import with_ders
+from gateway.twin import (
+    Criteria,
+    EnvelopeRequest,
+    EnvelopeResult,
+    Feeder,
+    Policy,
+    PowerFlow,
+    TwinError,
+    certify_envelope,
+    load_feeder,
+    with_ders,
+)
 from gateway.types import DerLimit, DeviceState, Envelope, EnvelopeCertificate
 
 log = structlog.get_logger("gateway.segment")
@@ -84,6 +92,9 @@ class Segment:
         self.request = EnvelopeRequest(policy=Policy(self.twin.policy), criteria=criteria)
         self._nominal_p = np.asarray(self.feeder.loads.p_w, dtype=float)
         self._nominal_q = np.asarray(self.feeder.loads.q_var, dtype=float)
+        #: What bound the last envelope (export, import), in words ("vmax at bus 886", "rating", ...); None
+        #: when the last one was the default without an AC check.
+        self.last_binding: tuple[str, str] | None = None
 
     def load_scale(self, states: Mapping[str, DeviceState]) -> float | None:
         """The nominal-load multiplier the head meter implies, or None without a fresh meter reading."""
@@ -102,6 +113,7 @@ class Segment:
     def envelope(self, states: Mapping[str, DeviceState], *, now: float, sequence: int) -> Envelope:
         """This cycle's envelope (certified, or the default with the reason). Never raises for twin trouble."""
         valid_until = now + self.twin.validity_s
+        self.last_binding = None
         stale = [d.device for d in self.twin.ders if (s := states.get(d.device)) is None or s.stale]
         if stale:
             return self._default(now, valid_until, sequence, f"stale envelope holder(s): {', '.join(stale)}")
@@ -109,18 +121,25 @@ class Segment:
         try:
             result = certify_envelope(self.engine, self.request,
                                       load_p_w=None if scale is None else self._nominal_p * scale,
-                                      load_q_var=None if scale is None else self._nominal_q * scale)
+                                      load_q_var=None if scale is None else self._nominal_q * scale,
+                                      source_v_pu=self.twin.source_v_pu)
         except (TwinError, ValueError) as exc:
             log.warning("twin_failed", error=str(exc))
             return self._default(now, valid_until, sequence, f"twin error: {exc}")
+        self.last_binding = (result.certificate.export.binding, result.certificate.import_.binding)
         return self._from_result(result, now, valid_until, sequence)
 
     def _from_result(self, result: EnvelopeResult, now: float, valid_until: float, sequence: int) -> Envelope:
         cert = result.certificate
         if not result.certified:
-            # A direction that could not certify already carries the default in ``result``; say why.
-            reason = cert.reason or "not certified"
-            return Envelope(self.issuer, sequence, now, valid_until, result.ders(), False, None, reason)
+            # A direction that could not certify takes each DER's configured default (the twin's request knows
+            # one number for all); the other direction keeps its certified limits. Published as not certified.
+            limits = tuple(
+                DerLimit(got.der_id, got.export_w if cert.export.certified else default.export_w,
+                         got.import_w if cert.import_.certified else default.import_w)
+                for got, default in zip(result.ders(), self.defaults.limits, strict=True))
+            return Envelope(self.issuer, sequence, now, valid_until, limits, False, None,
+                            cert.reason or "not certified")
         certificate = EnvelopeCertificate(
             vmax_pu=cert.vmax_pu, vmin_pu=cert.vmin_pu,
             max_loading=cert.max_loading if math.isfinite(cert.max_loading) else 0.0,

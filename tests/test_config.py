@@ -359,7 +359,7 @@ def test_device_errors_name_key_and_fix(profiles: Path, body: str, expected: str
         ),
         (
             SITE + '[feeder]\nbuses = 3\n[[devices]]\nid = "a"\nhost = "h"\n',
-            ["feeder: unknown key — allowed here: devices, dispatch, site, twin"],
+            ["feeder: unknown key — allowed here: devices, dispatch, site, twin, uplink"],
         ),
         (
             SITE + '[[devices]]\nid = "a"\nhost = "h"\n[sites]\nid = "x"\n',

@@ -8,6 +8,7 @@ SunSpec controls) is asynchronous. Uplinks call dispatch; dispatch never imports
 
 from gateway.dispatch._apply import Applied, apply_decision, apply_setpoint, release
 from gateway.dispatch._arbiter import Arbitration, Considered, arbitrate
+from gateway.dispatch._cap import Cap, CapWritten, apply_cap, cap_differs, cap_for
 from gateway.dispatch._clamp import Bound, Clamped, clamp
 from gateway.dispatch._dispatcher import MAX_COMMANDS_PER_DER, Decision, Dispatcher
 from gateway.dispatch._failsafe import InForce, envelope_in_force
@@ -18,15 +19,20 @@ __all__ = [
     "Applied",
     "Arbitration",
     "Bound",
+    "Cap",
+    "CapWritten",
     "Clamped",
     "Considered",
     "Decision",
     "DispatchPolicy",
     "Dispatcher",
     "InForce",
+    "apply_cap",
     "apply_decision",
     "apply_setpoint",
     "arbitrate",
+    "cap_differs",
+    "cap_for",
     "clamp",
     "envelope_in_force",
     "release",

@@ -3,7 +3,8 @@
 Owns :class:`Criteria` (the limits, the safety margin and the load bound a request states), its resolution
 against one feeder and operating point (:func:`resolve` -> :class:`Check`), and the reading of a batch of
 AC solves against it (:func:`judge`): per scenario, the three constraint margins (voltage high, voltage low,
-loading; <= 0 means inside) and the worst values seen. Pure: arrays in, arrays out.
+loading; <= 0 means inside), the worst values seen (:func:`worst_values`) and, in words, what binds or fails
+(:func:`describe`, :func:`failure`). Pure: arrays in, arrays out.
 
 Worst-case loads. An envelope must hold for every load inside its interval; voltage rise and reverse flow are
 worst at the **minimum** load (the export check) and voltage drop and forward flow at the **maximum** load (the
@@ -27,11 +28,18 @@ from gateway.twin._flow import FlowResult, PowerFlow
 
 FloatArray = NDArray[np.float64]
 
-#: The two directions, as row indices of :attr:`Check.load_p_w`.
+#: The two directions, as row indices of :attr:`Check.load_p_w`, and the sign of DER output in each.
 EXPORT, IMPORT = 0, 1
 DIRECTIONS = ("export", "import")
+SIGN = np.array([1.0, -1.0])  # export injects, import draws
 #: Constraint categories, the columns of :func:`judge`'s margins.
 CATEGORIES = ("vmax", "vmin", "loading")
+
+#: How far inside the limits (pu voltage, fraction of rating) the linearised targets of :func:`bounds` sit: an LP
+#: (``max-total``) lands exactly on them, and its AC solve there reads the limit to ~1e-11, which another engine
+#: or the unreduced model can read on the other side. Far above the power flow's noise (Newton tolerance 1e-8
+#: pu), far below the margins (1e-3 pu).
+NUMERIC_GUARD = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +144,8 @@ def solve_rows(engine: PowerFlow, check: Check, direction: NDArray[np.intp], der
 def judge(check: Check, res: FlowResult) -> FloatArray:
     """Constraint margins ``(S, 3)``: ``vmax - v_high``, ``v_low - vmin``, ``max_loading - loading_high``.
 
-    A scenario passes when all three are <= 0. Unrated feeders have loading margin -inf; scenarios that did
-    not converge have +inf everywhere (they never pass).
+    A scenario passes when all three are <= 0 (:func:`passes`). Unrated feeders have loading margin -inf;
+    scenarios that did not converge have +inf everywhere (they never pass).
     """
     loading = np.where(np.isnan(res.max_loading), -np.inf, res.max_loading)
     margins = np.stack([res.vmax_pu - check.v_high, check.v_low - res.vmin_pu, loading - check.loading_high],
@@ -160,13 +168,35 @@ def observables(engine: PowerFlow, res: FlowResult) -> FloatArray:
 
 
 def bounds(engine: PowerFlow, check: Check) -> tuple[FloatArray, FloatArray]:
-    """Lower and upper limits ``(n_obs,)`` of :func:`observables` (margins applied)."""
+    """Lower and upper limits ``(n_obs,)`` of :func:`observables` (margins and the numeric guard applied)."""
     feeder = engine.feeder
     n_v = len(feeder.buses) * (1 if engine.symmetric else 3)
     n_l = len(feeder.lines) + len(feeder.transformers)
-    lower = np.concatenate([np.full(n_v, check.v_low), np.full(n_l, -np.inf)])
-    upper = np.concatenate([np.full(n_v, check.v_high), np.full(n_l, check.loading_high)])
+    g = NUMERIC_GUARD
+    lower = np.concatenate([np.full(n_v, check.v_low + g), np.full(n_l, -np.inf)])
+    upper = np.concatenate([np.full(n_v, check.v_high - g), np.full(n_l, check.loading_high - g)])
     return lower, upper
+
+
+def search_cap_w(check: Check) -> float:
+    """The level searched up to where nothing else bounds it: ten times the larger total load, at least 1 MW."""
+    return float(max(10.0 * np.abs(check.load_p_w).sum(axis=1).max(), 1e6))
+
+
+def worst_values(res: FlowResult, row: int) -> tuple[float, float, float]:
+    """``(vmax_pu, vmin_pu, max_loading)`` of scenario ``row``."""
+    return float(res.vmax_pu[row]), float(res.vmin_pu[row]), float(res.max_loading[row])
+
+
+def failure(engine: PowerFlow, check: Check, res: FlowResult, row: int, margins: FloatArray) -> str:
+    """Why scenario ``row`` (its margins ``(3,)``) fails, in words."""
+    if not res.converged[row]:
+        return "the AC power flow did not converge"
+    k = int(np.argmax(margins))
+    value = worst_values(res, row)[k]
+    limit = (check.v_high, check.v_low, check.loading_high)[k]
+    side = ("above", "below", "above")[k]
+    return f"{describe(engine, res, row, k)} is {value:.4f}, {side} {limit:.4f} ({CATEGORIES[k]} limit with margin)"
 
 
 def describe(engine: PowerFlow, res: FlowResult, row: int, category: int) -> str:

@@ -1,21 +1,22 @@
 """Certified operating envelopes: per DER, the export and import limits (W) an AC power flow certifies.
 
-Owns :func:`certify_envelope` and its value types (:class:`EnvelopeRequest`, :class:`EnvelopeResult`,
-:class:`Certificate`, :class:`DirectionCertificate`, :class:`DerEnvelope`). The guarantee: with **every** DER
-at its limit at once and every load at the worst end of its interval (export: minimum load; import: maximum
-load, :mod:`gateway.twin._criteria`), an AC power flow keeps every phase voltage inside
-``[vmin + margin, vmax - margin]`` and every rated line and transformer below ``max_loading - margin``. The
-published limits are the AC-solved scenario that showed it, never a linear estimate.
+Owns :func:`certify_envelope` and its value types (:class:`Policy`, :class:`EnvelopeRequest`,
+:class:`EnvelopeResult`, :class:`Certificate`, :class:`DirectionCertificate`); a DER's limits are the shared
+:class:`gateway.types.DerLimit`. The guarantee: with **every** DER at its limit at once and every load at the
+worst end of its interval (export: minimum load; import: maximum load, :mod:`gateway.twin._criteria`), an AC
+power flow keeps every phase voltage inside ``[vmin + margin, vmax - margin]`` and every rated line and
+transformer below ``max_loading - margin``. The published limits are the AC-solved scenario that showed it,
+never a linear estimate.
 
 Method (ARCHITECTURE.md, "The certified envelope"), both directions in the same batches:
 
-1. one batched AC solve of finite-difference scenarios at the operating point: for ``equal``/``proportional``
-   the base and one step along the policy's direction (4 scenarios); for ``max-total`` the base and one step
-   per DER. They give the linear first estimate (:mod:`gateway.twin._sensitivity`);
+1. one batched AC solve of finite-difference scenarios at the operating point gives the linear first estimate
+   (:mod:`gateway.twin._sensitivity`): for ``equal``/``proportional`` the base and one step along the policy's
+   direction (4 scenarios, :mod:`gateway.twin._along`); for ``max-total`` the base and one step per DER;
 2. ``equal``/``proportional``: a few batches of AC solves bracket the largest common level (W each, capped at
-   each rating; or fraction of rating) around the linear estimate and refine it by secant on the binding margin
-   until the bracket is within ``rtol`` (:mod:`gateway.twin._search`). ``max-total``: a sequence of LPs
-   (HiGHS) on sensitivities re-taken by AC at each iterate, then an AC back-off (:mod:`gateway.twin._maxtotal`);
+   each rating; or fraction of rating) until the bracket is within ``rtol`` (:mod:`gateway.twin._search`).
+   ``max-total``: a sequence of LPs (HiGHS) on sensitivities re-taken by AC at each iterate, then the same AC
+   bracket along the last iterate (:mod:`gateway.twin._maxtotal`);
 3. the certificate: the worst voltage and loading the AC solve saw at the published envelope, the limits,
    margins and load bound, what binds, and how many AC scenarios and batches it took.
 
@@ -29,33 +30,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from gateway.twin._criteria import (
-    CATEGORIES,
-    DIRECTIONS,
-    EXPORT,
-    IMPORT,
-    Check,
-    Criteria,
-    bounds,
-    describe,
-    judge,
-    observables,
-    passes,
-    resolve,
-    solve_rows,
-)
+from gateway.twin._along import along
+from gateway.twin._criteria import DIRECTIONS, Criteria, resolve, search_cap_w
 from gateway.twin._errors import TwinError
 from gateway.twin._feeder import FLOAT
-from gateway.twin._flow import FlowResult, PowerFlow
-from gateway.twin._search import bracket
-from gateway.twin._sensitivity import linear_step
+from gateway.twin._flow import PowerFlow
+from gateway.twin._maxtotal import max_total
+from gateway.twin._outcome import Outcome, Work
+from gateway.types import DerLimit, Envelope, EnvelopeCertificate
 
 FloatArray = NDArray[np.float64]
-SIGN = np.array([1.0, -1.0])  # export injects, import draws
+
+
+def jsonable(value: float) -> float | None:
+    """A float for JSON: NaN (missing) and infinities become ``None``."""
+    return float(value) if math.isfinite(value) else None
 
 
 class EnvelopeError(TwinError, ValueError):
@@ -113,6 +107,11 @@ class DirectionCertificate:
     load_scale: float
     tolerance_met: bool
 
+    def as_json(self) -> dict[str, Any]:
+        return {"certified": self.certified, "reason": self.reason, "vmax_pu": jsonable(self.vmax_pu),
+                "vmin_pu": jsonable(self.vmin_pu), "max_loading": jsonable(self.max_loading),
+                "binding": self.binding, "load_scale": self.load_scale, "tolerance_met": self.tolerance_met}
+
 
 @dataclass(frozen=True, slots=True)
 class Certificate:
@@ -152,14 +151,22 @@ class Certificate:
     def max_loading(self) -> float:
         return float(np.fmax(self.export.max_loading, self.import_.max_loading))
 
+    def summary(self) -> EnvelopeCertificate:
+        """The certificate as published with an envelope (:class:`gateway.types.EnvelopeCertificate`)."""
+        return EnvelopeCertificate(vmax_pu=self.vmax_pu, vmin_pu=self.vmin_pu, max_loading=self.max_loading,
+                                   margin_pu=self.margin_v_pu, method=self.method, ac_solves=self.ac_solves)
 
-@dataclass(frozen=True, slots=True)
-class DerEnvelope:
-    """One DER's limits, W (import as a positive magnitude)."""
-
-    der_id: str
-    export_w: float
-    import_w: float
+    def as_json(self) -> dict[str, Any]:
+        """The certificate of ``gridedge twin envelope --json`` (NaN: null)."""
+        return {
+            "certified": self.certified, "reason": self.reason, "vmax_pu": jsonable(self.vmax_pu),
+            "vmin_pu": jsonable(self.vmin_pu), "max_loading": jsonable(self.max_loading),
+            "margin_pu": self.margin_v_pu, "margin_loading": self.margin_loading, "method": self.method,
+            "ac_solves": self.ac_solves, "batches": self.batches, "vmin_limit_pu": self.vmin_limit_pu,
+            "vmax_limit_pu": self.vmax_limit_pu, "loading_limit": self.loading_limit,
+            "load_bound": list(self.load_bound),
+            "export": self.export.as_json(), "import": self.import_.as_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -167,12 +174,14 @@ class EnvelopeResult:
     """The envelope of every DER of the engine's feeder (``feeder.ders`` order), and its certificate.
 
     ``export_w``/``import_w`` ``(n_der,)``: the published limits (import as positive magnitudes).
-    ``export_linear_w``/``import_linear_w``: the linear first estimate, for diagnostics only (NaN when none).
+    ``rating_w``: the DERs' ratings (NaN: unknown). ``export_linear_w``/``import_linear_w``: the linear first
+    estimate, for diagnostics only (NaN when none).
     """
 
     der_id: NDArray[np.str_]
     export_w: FloatArray
     import_w: FloatArray
+    rating_w: FloatArray
     export_linear_w: FloatArray
     import_linear_w: FloatArray
     policy: Policy
@@ -182,134 +191,27 @@ class EnvelopeResult:
     def certified(self) -> bool:
         return self.certificate.certified
 
-    def ders(self) -> tuple[DerEnvelope, ...]:
-        return tuple(DerEnvelope(str(i), float(e), float(m))
+    def ders(self) -> tuple[DerLimit, ...]:
+        """Each DER's published limits."""
+        return tuple(DerLimit(str(i), float(e), float(m))
                      for i, e, m in zip(self.der_id, self.export_w, self.import_w, strict=True))
 
+    def envelope(self, *, issuer: str, sequence: int, valid_from: float, valid_until: float) -> Envelope:
+        """The envelope to publish (:class:`gateway.types.Envelope`): certified only when both directions are."""
+        cert = self.certificate
+        return Envelope(issuer=issuer, sequence=sequence, valid_from=valid_from, valid_until=valid_until,
+                        limits=self.ders(), certified=cert.certified,
+                        certificate=cert.summary() if cert.certified else None, reason=cert.reason)
 
-@dataclass(slots=True)
-class Outcome:
-    """One direction's answer, as the policies hand it back (internal)."""
-
-    limit_w: FloatArray
-    linear_w: FloatArray
-    certified: bool
-    reason: str | None
-    values: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-    binding: str = ""
-    tolerance_met: bool = False
-
-
-@dataclass(slots=True)
-class Work:
-    """AC solves and batches spent (internal)."""
-
-    solves: int = 0
-    batches: int = 0
-
-
-def search_cap_w(engine: PowerFlow, check: Check) -> float:
-    """The level searched up to where nothing else bounds it: ten times the larger total load, at least 1 MW."""
-    return float(max(10.0 * np.abs(check.load_p_w).sum(axis=1).max(), 1e6))
-
-
-def worst_values(res: FlowResult, row: int) -> tuple[float, float, float]:
-    return float(res.vmax_pu[row]), float(res.vmin_pu[row]), float(res.max_loading[row])
-
-
-def failure(engine: PowerFlow, check: Check, res: FlowResult, row: int, margins: FloatArray) -> str:
-    """Why the scenario ``row`` fails, in words."""
-    if not res.converged[row]:
-        return "the AC power flow did not converge"
-    k = int(np.argmax(margins))
-    value = worst_values(res, row)[k]
-    limit = (check.v_high, check.v_low, check.loading_high)[k]
-    side = ("above", "below", "above")[k]
-    return f"{describe(engine, res, row, k)} is {value:.4f}, {side} {limit:.4f} ({CATEGORIES[k]} limit with margin)"
-
-
-def _profile(policy: Policy, rating: FloatArray, level: FloatArray) -> FloatArray:
-    """DER outputs ``(R, n)`` (magnitudes) at ``level`` ``(R,)`` along the policy's direction."""
-    if policy is Policy.EQUAL:
-        return np.minimum(level[:, None], rating[None, :])
-    return level[:, None] * rating[None, :]
-
-
-def _mean_capped(rating: FloatArray, level: FloatArray) -> FloatArray:
-    """``equal``: the mean DER output at ``level`` (``(R,)``), each capped at its rating."""
-    result: FloatArray = np.minimum(level[:, None], rating[None, :]).mean(axis=1)
-    return result
-
-
-def _uncap(rating: FloatArray, mean: float) -> float:
-    """``equal``: the level whose mean capped output is ``mean`` (inverse of :func:`_mean_capped`)."""
-    r = np.sort(rating)
-    n = r.size
-    # Between r[k-1] and r[k], mean(t) = (sum(r[:k]) + (n - k) t) / n.
-    below = np.concatenate([[0.0], np.cumsum(r)[:-1]])
-    level = (n * mean - below) / (n - np.arange(n))
-    lower = np.concatenate([[0.0], r[:-1]])
-    inside = (level >= lower) & (level <= r)
-    return float(level[inside][0]) if inside.any() else float(r[-1])
-
-
-def _along(engine: PowerFlow, check: Check, request: EnvelopeRequest, rating: FloatArray,
-           work: Work) -> tuple[Outcome, Outcome]:
-    """``equal`` and ``proportional``: the largest common level, both directions in the same batches."""
-    policy = request.policy
-    equal = policy is Policy.EQUAL
-    t_max = float(rating.max()) if equal else 1.0
-    total_load = float(np.abs(check.load_p_w).sum(axis=1).max())
-    step_w = max(0.02 * total_load, 1e3)  # the finite-difference step, all DERs together
-    step = step_w / rating.size if equal else step_w / float(rating.sum())
-    step = min(step, 0.5 * t_max)
-    direction = np.array([EXPORT, EXPORT, IMPORT, IMPORT], dtype=np.intp)
-    level = np.array([0.0, step, 0.0, step])
-    sens = solve_rows(engine, check, direction, SIGN[direction, None] * _profile(policy, rating, level))
-    work.solves, work.batches = work.solves + 4, work.batches + 1
-    x = observables(engine, sens)
-    lower, upper = bounds(engine, check)
-    # Linear in the mean output (equal: DERs stop at their rating, so the level is the mean's inverse).
-    unit = float(_mean_capped(rating, np.array([step]))[0]) if equal else step
-    u_lin, _ = linear_step(x[[0, 2]], x[[1, 3]], np.array([unit, unit]), lower, upper)
-    t_lin = np.array([_uncap(rating, u) if equal and np.isfinite(u) else u for u in u_lin])
-    margins0 = judge(check, sens)[[0, 2]]
-    t_cap = np.full(2, t_max)
-    guess = np.clip(np.where(np.isfinite(t_lin), t_lin, t_max), 1e-3 * t_max, t_max)
-
-    def evaluate(line: NDArray[np.intp], lv: FloatArray) -> tuple[FlowResult, FloatArray]:
-        res = solve_rows(engine, check, line, SIGN[line, None] * _profile(policy, rating, lv))
-        return res, judge(check, res)
-
-    ref0 = np.array([0, 2], dtype=np.intp)
-    found = bracket(evaluate, guess, t_cap, margins0, ref0, [sens], rtol=request.rtol,
-                    atol=np.full(2, 1e-9 * t_max), max_batches=request.max_batches)
-    work.solves += found.solves
-    work.batches += len(found.results) - 1
-    outcomes = []
-    for d in (EXPORT, IMPORT):
-        linear = _profile(policy, rating, np.array([min(t_lin[d], t_max)]))[0]
-        if not passes(margins0[d : d + 1])[0]:
-            reason = "fails with every DER at 0 W: " + failure(engine, check, sens, 2 * d, margins0[d])
-            outcomes.append(Outcome(np.zeros_like(rating), linear, False, reason))
-            continue
-        lo = found.lo[d]
-        batch, row = found.lo_ref[d]
-        res = found.results[batch]
-        if lo >= t_max:
-            binding = "rating" if policy is Policy.PROPORTIONAL or request_rated(rating, t_max) else "search bound"
-        else:
-            hb, hr = found.hi_ref[d]
-            binding = describe(engine, found.results[hb], hr, int(np.argmax(found.margins_hi[d]))) \
-                if hb >= 0 and np.isfinite(found.margins_hi[d]).all() else "non-convergence"
-        outcomes.append(Outcome(_profile(policy, rating, np.array([lo]))[0], linear, True, None,
-                                worst_values(res, row), binding, bool(found.done[d])))
-    return outcomes[0], outcomes[1]
-
-
-def request_rated(rating: FloatArray, t_max: float) -> bool:
-    """Whether ``t_max`` came from a stated rating (not from the search cap)."""
-    return bool(np.isfinite(rating).all())
+    def as_json(self) -> dict[str, Any]:
+        """The ``gridedge twin envelope --json`` document (a stable interface: keys are added, never renamed)."""
+        ders = {
+            str(i): {"export_kw": e / 1e3, "import_kw": m / 1e3, "rating_kw": jsonable(r / 1e3),
+                     "export_linear_kw": jsonable(le / 1e3), "import_linear_kw": jsonable(lm / 1e3)}
+            for i, e, m, r, le, lm in zip(self.der_id, self.export_w, self.import_w, self.rating_w,
+                                          self.export_linear_w, self.import_linear_w, strict=True)
+        }
+        return {"policy": self.policy.value, "ders": ders, "certificate": self.certificate.as_json()}
 
 
 def certify_envelope(engine: PowerFlow, request: EnvelopeRequest | None = None, *,
@@ -319,28 +221,30 @@ def certify_envelope(engine: PowerFlow, request: EnvelopeRequest | None = None, 
 
     The operating point: loads ``(n_load,)`` (``None``: the feeder's nominal loads) and the source voltage
     (``None``: the feeder's). Raises :class:`EnvelopeError` for a request that cannot be computed (no DER;
-    ``proportional`` without every rating); AC trouble gives the default envelope, never an exception.
+    ``proportional`` without every rating) and :class:`~gateway.twin.ScenarioError` for criteria or operating
+    point arrays that make no sense; AC trouble gives the default envelope, never an exception.
     """
-    from gateway.twin._maxtotal import max_total  # the LP policy, with scipy, only when asked for
-
     request = request or EnvelopeRequest()
     feeder = engine.feeder
     ders = feeder.ders
     if not len(ders):
         raise EnvelopeError(f"feeder {feeder.name}: no DER connection point to compute an envelope for")
     rated = ders.rating_w
-    if request.policy is Policy.PROPORTIONAL and not (np.isfinite(rated).all() and (rated > 0).all()):
-        missing = ", ".join(str(n) for n in ders.name[~(np.isfinite(rated) & (rated > 0))])
+    has_rating = np.isfinite(rated) & (rated > 0)
+    if request.policy is Policy.PROPORTIONAL and not has_rating.all():
+        missing = ", ".join(str(n) for n in ders.name[~has_rating])
         raise EnvelopeError(f"policy proportional needs every DER's rating (> 0); missing: {missing}")
     check = resolve(request.criteria, feeder, load_p_w=load_p_w, load_q_var=load_q_var, source_v_pu=source_v_pu)
-    cap = search_cap_w(engine, check)
-    rating = np.where(np.isfinite(rated), rated, cap).astype(FLOAT)
+    rating = np.where(np.isfinite(rated), rated, search_cap_w(check)).astype(FLOAT)
     work = Work()
     try:
         if request.policy is Policy.MAX_TOTAL:
-            export, import_ = max_total(engine, check, request, rating, work)
+            export, import_ = max_total(engine, check, rating, rtol=request.rtol, max_batches=request.max_batches,
+                                        work=work)
         else:
-            export, import_ = _along(engine, check, request, rating, work)
+            export, import_ = along(engine, check, equal=request.policy is Policy.EQUAL, rating=rating,
+                                    rated=np.isfinite(rated), rtol=request.rtol, max_batches=request.max_batches,
+                                    work=work)
         method = _method(request, work)
     except TwinError as exc:
         reason = f"twin error: {exc}"
@@ -362,13 +266,14 @@ def certify_envelope(engine: PowerFlow, request: EnvelopeRequest | None = None, 
     certificate = Certificate(certs[0], certs[1], check.vmin_pu, check.vmax_pu, check.max_loading,
                               crit.margin_v_pu, crit.margin_loading, crit.load_bound, method, work.solves,
                               work.batches)
-    return EnvelopeResult(ders.name, limits[0], limits[1], export.linear_w, import_.linear_w, request.policy,
-                          certificate)
+    return EnvelopeResult(ders.name, limits[0], limits[1], rated, export.linear_w, import_.linear_w,
+                          request.policy, certificate)
 
 
 def _method(request: EnvelopeRequest, work: Work) -> str:
     if request.policy is Policy.MAX_TOTAL:
         return (f"max-total: LP (HiGHS) on finite-difference AC sensitivities, re-linearised by AC at each "
-                f"iterate, then AC back-off; {work.solves} AC scenarios in {work.batches} batches")
+                f"iterate, then AC bracketing along the last iterate to rtol {request.rtol:g}; {work.solves} AC "
+                f"scenarios in {work.batches} batches")
     return (f"{request.policy.value}: linear estimate from 1 batch of finite-difference AC solves, AC bracketing "
             f"to rtol {request.rtol:g} in {work.batches - 1} more; {work.solves} AC scenarios in all")

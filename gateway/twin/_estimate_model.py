@@ -8,6 +8,11 @@ the estimate the source bus is power-grid-model's angle reference: in an asymmet
 angles are held at 0, -120 and +120 degrees (the true head-bus phase angles differ by the transformer's
 unbalanced voltage drop, a few hundredths of a degree at the IEEE European LV feeder's nominal load).
 
+Power scale. :func:`scale_powers` applies an exact similarity (every power times ``alpha``, every impedance divided
+by it, every shunt admittance times it): voltages are unchanged and powers scale by ``alpha``. power-grid-model
+works in per unit of a fixed 1 MVA base, and its estimator solves some spreads of sigmas at one scale and not at
+another (:mod:`gateway.twin._estimate_pgm`).
+
 A :class:`SensorPlan` is built per measurement pattern (which DERs and head readings are present): the power
 sensors (every load, every DER with P and Q, the source when the head meter has P and Q), the voltage sensors
 (the head bus; in a symmetric estimate also every DER with a voltage reading) and the DER voltage readings an
@@ -116,6 +121,25 @@ def cut_at_head(feeder: Feeder, where: str = "auto") -> Cut:
         ders=dataclasses.replace(feeder.ders, bus=remap[feeder.ders.bus].astype(INDEX)),
     )
     return Cut(cut, np.flatnonzero(keep), secondary=True)
+
+
+def scale_powers(feeder: Feeder, alpha: float) -> Feeder:
+    """``feeder`` with every power times ``alpha`` and every impedance divided by it (see the module docstring):
+    the same voltages, powers times ``alpha``. Loads keep their model; DER connection points carry no power."""
+    if alpha == 1.0:
+        return feeder
+    ln, t, ld, src = feeder.lines, feeder.transformers, feeder.loads, feeder.source
+    return dataclasses.replace(
+        feeder,
+        lines=dataclasses.replace(ln, r1_ohm=ln.r1_ohm / alpha, x1_ohm=ln.x1_ohm / alpha, r0_ohm=ln.r0_ohm / alpha,
+                                  x0_ohm=ln.x0_ohm / alpha, c1_f=ln.c1_f * alpha, c0_f=ln.c0_f * alpha,
+                                  i_rated_a=ln.i_rated_a * alpha),
+        transformers=dataclasses.replace(t, sn_va=t.sn_va * alpha, pk_w=t.pk_w * alpha, p0_w=t.p0_w * alpha),
+        loads=dataclasses.replace(ld, p_w=ld.p_w * alpha, q_var=ld.q_var * alpha, p_min_w=ld.p_min_w * alpha,
+                                  p_max_w=ld.p_max_w * alpha),
+        ders=dataclasses.replace(feeder.ders, rating_w=feeder.ders.rating_w * alpha),
+        source=dataclasses.replace(src, sk_va=src.sk_va * alpha),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,19 +17,22 @@ Usage::
 
 Scenarios are rows: a single solve is a batch of one, and rows never interact. DERs are constant-power
 generators at their bus (three-phase: a third per phase; single-phase: on their phase). Loads follow OpenDSS's
-voltage dependence (:mod:`gateway.twin._loadmodel`): each solve starts every load in its base-case regime,
-solves, re-classifies each load (and phase) by its voltage, and re-solves only the scenarios where a regime
-changed, until none changes (a scenario that does not converge is retried once from every banded load at
+voltage dependence (:mod:`gateway.twin._loadmodel`): each scenario starts every load in the regime it settled on
+in the nearest scenario the engine solved lately (the base case's when none is nearer: :class:`_RegimeMemory`, a
+speed-up only), solves, re-classifies each load (and phase) by its voltage, and re-solves only the scenarios where
+a regime changed, until none changes (a scenario that does not converge is retried once from every banded load at
 constant impedance) (``FlowResult.load_passes`` counts the passes; at most ``FlowOptions.max_load_passes``,
 after which the last solve stands: the characteristic is continuous, so a load flickering at a band edge
 costs only the difference between two pieces that meet there).
 
 Balanced feeders (every load and DER three-phase) use the symmetric calculation, others the asymmetric one.
 
-Speed (2-core machine, medians; see tests/twin/test_timing.py): one solve on the Baran-Wu 33-bus feeder
-~0.1 ms, a batch ~25 us per scenario; the IEEE European LV feeder (asymmetric, 907 buses) ~1 ms per scenario.
-An engine reuses preallocated update/output buffers per batch size and is therefore not thread-safe: use one
-engine per thread.
+Speed (2-core machine, CPU medians; ``python -m tests.benchmarks.bench_twin`` prints our figures beside OpenDSS):
+the Baran-Wu 33-bus feeder ~0.08 ms for ``solve()``, ~0.17 ms for one changed scenario with all its results, ~35 us
+more per scenario in a batch (Newton-Raphson; ~18 us with ``iterative_current``); the IEEE European LV feeder
+(asymmetric, its 907 buses solved as 111) ~0.4 ms for ``solve()``, ~0.9 ms for one changed scenario, ~0.45 ms more
+per scenario in a batch. An engine reuses preallocated update/output buffers per batch size and remembers recent
+load regimes, and is therefore not thread-safe: use one engine per thread.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class FlowResult:
 
 @dataclass(frozen=True, slots=True)
 class _Scenario:
-    """One batch's inputs, validated: (S, n) arrays; ``None`` = zero (``der_q``) or the feeder's (``source``)."""
+    """One batch's inputs, validated: (S, n) arrays (``p``/``q`` may be (1, n): the same in every scenario);
+    ``None`` = zero (``der_q``) or the feeder's (``source``)."""
 
     der_p: FloatArray
     der_q: FloatArray | None
@@ -121,12 +125,79 @@ class _Raw:
     def __init__(self, size: int, n_bus: int, phases: int, n_line: int, n_trafo: int, angles: bool) -> None:
         self.u = np.empty((size, n_bus, phases), dtype=FLOAT)
         self.angle = np.empty((size, n_bus, phases) if angles else (0, 0, 0), dtype=FLOAT)
-        self.line_i = np.empty((size, n_line), dtype=FLOAT)
+        # Reduced (``angles``): one more column, always 0, the current of lines on dead ends (chain index -1).
+        self.line_i = np.empty((size, n_line + angles), dtype=FLOAT)
+        if angles:
+            self.line_i[:, -1] = 0.0
         self.trafo_s = np.empty((size, n_trafo), dtype=FLOAT)
         self.losses = np.empty(size, dtype=FLOAT)
         self.source_p = np.empty(size, dtype=FLOAT)
         self.source_q = np.empty(size, dtype=FLOAT)
         self.failed = np.zeros(size, dtype=bool)
+
+
+class _RegimeMemory:
+    """Settled load regimes of recent scenarios; a new scenario starts from those of the nearest one.
+
+    A speed-up only. Without it every scenario starts from the base case's regimes, and a batch away from the
+    base case (the envelope's worst-case loads and source voltage) solves most scenarios twice. Every scenario is
+    still re-solved until its regimes match its voltages, so it settles on the same regimes (and the same
+    answer) whichever it starts from; only a scenario still flickering at ``max_load_passes`` could differ, and
+    a better start makes that rarer. Nearest: by source voltage, every load's P and every DER's P (one unit of
+    distance: 1 % of voltage, or 10 % of the feeder's total nominal load). The base case is always remembered, so
+    a scenario nearer to it than to anything solved since starts where it did before.
+    """
+
+    SIZE = 64  # scenarios remembered (the latest), besides the base case
+
+    def __init__(self, base: NDArray[np.int8], source_v_pu: float, load_p_w: FloatArray, n_der: int) -> None:
+        p_ref = max(float(np.abs(load_p_w).sum()), 1.0)
+        self._scale = np.concatenate([[0.01], np.full(load_p_w.shape[0] + n_der, 0.1 * p_ref)])
+        self._base, self._source = base, source_v_pu
+        first = np.concatenate([[source_v_pu], load_p_w, np.zeros(n_der)])[None] / self._scale
+        self._features, self._norms, self._regimes = first, (first**2).sum(axis=1), base[None]
+        self._all_base = True  # every remembered scenario settled on the base regimes
+
+    def features(self, sc: _Scenario) -> FloatArray:
+        size = sc.der_p.shape[0]
+        result = np.empty((size, self._scale.shape[0]), dtype=FLOAT)
+        result[:, 0] = self._source if sc.source is None else sc.source
+        n_load = sc.p.shape[1]
+        result[:, 1 : 1 + n_load] = sc.p
+        result[:, 1 + n_load :] = sc.der_p
+        result /= self._scale
+        return result
+
+    @property
+    def all_base(self) -> bool:
+        """Every remembered scenario settled on the base regimes: a new one starts from them."""
+        return self._all_base
+
+    def start(self, features: FloatArray, regime: NDArray[np.int8]) -> bool:
+        """Fill ``regime`` ``(S, n_load, phases)`` with the nearest remembered scenarios' regimes; False (and
+        ``regime`` untouched) when that would be the base regimes everywhere."""
+        if self._all_base:
+            return False
+        distance = self._norms[None, :] - 2.0 * (features @ self._features.T)  # + |features|^2, the same per row
+        np.take(self._regimes, distance.argmin(axis=1), axis=0, out=regime)
+        return True
+
+    def remember(self, features: FloatArray, regime: NDArray[np.int8], keep: NDArray[np.bool_]) -> None:
+        if keep.all():
+            new_features, new_regimes = features, regime
+        elif keep.any():
+            new_features, new_regimes = features[keep], regime[keep]
+        else:
+            return
+        features = np.concatenate([self._features, new_features])
+        regimes = np.concatenate([self._regimes, new_regimes])
+        excess = features.shape[0] - 1 - self.SIZE
+        if excess > 0:  # row 0, the base case, stays; the rest is the latest SIZE scenarios
+            features = np.concatenate([features[:1], features[1 + excess :]])
+            regimes = np.concatenate([regimes[:1], regimes[1 + excess :]])
+        self._features, self._regimes = features, regimes
+        self._norms = (self._features**2).sum(axis=1)
+        self._all_base = bool((self._regimes == self._base).all())
 
 
 def _worst_phase(a: FloatArray, symmetric: bool) -> FloatArray:
@@ -168,19 +239,29 @@ class PowerFlow:
         self._band_k = self._k[b, None]
         self._load_share = phase_share(loads.phase)
         self._band_mask = np.ones((len(b), 1), dtype=bool) if self.symmetric else self._load_share[b] > 0
+        self._band_all = bool(self._band_mask.all())
         line_rating = feeder.lines.i_rated_a
         self._line_rating = np.where(line_rating > 0, line_rating, np.nan)
+        if self.reduction is not None:
+            # Each reduced line carries one current through its chain: the chain's worst loading is that current
+            # over its smallest rating (NaN: none rated). Dead-end lines carry none: loading 0 where rated.
+            chain = self.reduction.line_chain
+            smallest = np.full(self._n_line, np.inf)
+            np.fmin.at(smallest, chain[chain >= 0], self._line_rating[chain >= 0])
+            self._chain_rating = np.where(np.isfinite(smallest), smallest, np.nan)
+            self._dead_rated = bool(np.isfinite(self._line_rating[chain < 0]).any())
         self._trafo_rating = feeder.transformers.sn_va / (1.0 if self.symmetric else 3.0)
         # The PGM model holds, per load, only the ZIP pieces the regimes met so far use; a regime needing another
         # rebuilds it (rare: it only grows). This keeps PGM free of loads that are always zero.
         self._pieces = np.zeros((self._n_load, 3), dtype=bool)
-        self._base_regime = np.zeros((self._n_load, self._phases), dtype=np.int8)
+        self._set_base(np.zeros((self._n_load, self._phases), dtype=np.int8))  # the regimes the base settles from
         self._scratch: dict[int, ExpandScratch] = {}  # per batch size, for expanding the reduced solution
         self._base_ready = False  # the PGM input holds the settled base case: solve() needs no update
         self._ensure_pieces(self._base_regime[None])
-        self._base_regime = self._settle_base()
+        self._set_base(self._settle_base())
         self._base_ready = True
         self._build()
+        self._memory = _RegimeMemory(self._base_regime, feeder.source.v_pu, loads.p_w, self._n_der)
 
     # -- public API -----------------------------------------------------------------------------------------
     @property
@@ -222,11 +303,16 @@ class PowerFlow:
             source = np.asarray(source_v_pu, dtype=FLOAT)
             if source.shape != (size,) or not np.isfinite(source).all():
                 raise ScenarioError(f"source_v_pu: expected ({size},) finite values, got shape {source.shape}")
+        scenario = _Scenario(der_p, der_q, p, q, source)  # p, q: (S, n_load) or (1, n_load) for every scenario
         regime = np.empty((size, self._n_load, self._phases), dtype=np.int8)
-        regime[:] = self._base_regime
-        scenario = _Scenario(der_p, der_q, np.broadcast_to(p, (size, self._n_load)),
-                             np.broadcast_to(q, (size, self._n_load)), source)
-        raw, passes = self._passes(scenario, regime)
+        memory = self._memory
+        features = None if memory.all_base else memory.features(scenario)
+        recalled = features is not None and memory.start(features, regime)
+        if not recalled:
+            regime[:] = self._base_regime
+        raw, passes = self._passes(scenario, regime, recalled=recalled)
+        if recalled or passes > 1:  # else every scenario settled on the base regimes: nothing new to remember
+            memory.remember(memory.features(scenario) if features is None else features, regime, ~raw.failed)
         return self._result(raw, passes)
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -270,6 +356,12 @@ class PowerFlow:
                               max_iterations=self.options.max_iterations, fast=self.options.fast_path,
                               angles=self.reduction is not None, method=self.options.method)
 
+    def _set_base(self, regime: NDArray[np.int8]) -> None:
+        """The base case's regimes ``(n_load, phases)``, and what a batch starting from them uses."""
+        self._base_regime = regime
+        self._base_coef = self._table[self._row + regime[None]]  # (1, n_load, phases, [pq, i, z])
+        self._base_banded = regime[self._banded]
+
     def _settle_base(self) -> NDArray[np.int8]:
         loads = self._solved.loads
         regime = np.zeros((1, self._n_load, self._phases), dtype=np.int8)
@@ -281,7 +373,7 @@ class PowerFlow:
     def _load_values(self, rows: NDArray[np.intp] | slice, p_all: FloatArray, q_all: FloatArray, coef: FloatArray,
                      out_p: FloatArray, out_q: FloatArray) -> None:
         """PGM load powers (each ZIP piece of each load, per phase when asymmetric) into ``out_p``/``out_q``."""
-        p, q = p_all[rows], q_all[rows]
+        p, q = (p_all, q_all) if p_all.shape[0] == 1 else (p_all[rows], q_all[rows])
         for piece, start, stop, index, share in self._blocks:
             c = coef[..., piece][:, index]  # (k, loads of this piece, phases)
             if self.symmetric:
@@ -317,7 +409,7 @@ class PowerFlow:
         losses = np.zeros(ws.size, dtype=FLOAT)
         if self._n_line:
             line = out[ComponentType.line]
-            raw.line_i[rows] = _worst_phase(np.maximum(line["i_from"], line["i_to"]), sym)
+            raw.line_i[rows, : self._n_line] = _worst_phase(np.maximum(line["i_from"], line["i_to"]), sym)
             losses += _total(line["p_from"] + line["p_to"], sym).sum(axis=1)
         if self._n_trafo:
             trafo = out[ComponentType.transformer]
@@ -341,49 +433,62 @@ class PowerFlow:
         result[failed] = still
         return result
 
-    def _passes(self, sc: _Scenario, regime: NDArray[np.int8]) -> tuple[_Raw, int]:
+    def _passes(self, sc: _Scenario, regime: NDArray[np.int8], *, recalled: bool = False) -> tuple[_Raw, int]:
+        """Solve ``sc`` from the load regimes ``regime`` ``(S, n_load, phases)`` (updated in place to the settled
+        ones); ``recalled``: they came from :class:`_RegimeMemory`, not all from the base case."""
         size = sc.der_p.shape[0]
         raw = _Raw(size, self._n_bus, self._phases, self._n_line, self._n_trafo, self.reduction is not None)
+        index = np.arange(size)
         rows: NDArray[np.intp] | slice = slice(None)
         count, passes, banded = size, 0, self._banded
         retried = np.zeros(size, dtype=bool)
         while True:
             passes += 1
-            coef = self._table[self._row + regime[rows]]  # (k, n_load, phases, [pq, i, z])
-            if passes > 1:
-                self._ensure_pieces(regime[rows])
+            current = regime[rows]
             if passes == 1 and sc.base and self._base_ready:
                 ws = self._runner.workspace(1, single=True)  # the model's own input is this scenario
             else:
+                if passes > 1 or recalled:
+                    # Recalled regimes were solved before, so the model holds their pieces (they only grow).
+                    if passes > 1:
+                        self._ensure_pieces(current)
+                    coef = self._table[self._row + current]  # (k, n_load, phases, [pq, i, z])
+                else:
+                    coef = self._base_coef  # (1, n_load, phases, [pq, i, z]): every row in the base regimes
                 ws = self._runner.workspace(count, source=sc.source is not None)
                 self._fill(ws, rows, sc, coef)
             failed = self._runner.run(ws)
             self._collect(ws, rows, failed, raw)
             if failed.any() and self._runner.method != CalculationMethod.newton_raphson:
-                failed = self._newton_fallback(np.arange(size)[rows], failed, sc, regime, raw)
+                failed = self._newton_fallback(index[rows], failed, sc, regime, raw)
             if passes >= self.options.max_load_passes or not banded.size:
                 break
-            index = np.arange(size)[rows]
-            v_load = raw.u[rows][:, self._band_bus, :] * self._band_k
+            sub = index[rows]
+            first = passes == 1 and not recalled  # every row in the base regimes: no gathers
+            u = raw.u if first else raw.u[sub]
+            v_load = u[:, self._band_bus] * self._band_k  # (k, n_banded, phases)
             new = classify(v_load, *self._band)
-            changed = ((new != regime[rows][:, banded, :]) & self._band_mask).any(axis=(1, 2)) & ~failed
+            differs = new != (self._base_banded if first else current[:, banded])
+            if not self._band_all:
+                differs &= self._band_mask
+            changed = differs.any(axis=(1, 2)) & ~failed
             # A scenario that failed with its loads at constant power is retried once with every banded load an
             # impedance (what OpenDSS's loads become at low voltage); the next pass re-classifies from there.
-            retry = failed & ~retried[index]
+            retry = failed & ~retried[sub]
             if not (changed.any() or retry.any()):
                 break
-            regime[index[changed][:, None], banded[None, :], :] = new[changed]
-            regime[index[retry][:, None], banded[None, :], :] = Regime.ZLOW
-            retried[index[retry]] = True
-            nxt = index[changed | retry]
-            rows, count = nxt, int(nxt.shape[0])
+            regime[sub[changed][:, None], banded[None, :], :] = new[changed]
+            regime[sub[retry][:, None], banded[None, :], :] = Regime.ZLOW
+            retried[sub[retry]] = True
+            again = sub[changed | retry]
+            rows, count = again, int(again.shape[0])
         return raw, passes
 
     def _result(self, raw: _Raw, passes: int) -> FlowResult:
         size = raw.failed.shape[0]
         failed = raw.failed
         phases = self._phases
-        magnitude, line_i = raw.u, raw.line_i
+        magnitude = raw.u
         if self.reduction is not None:
             red = self.reduction
             scratch = self._scratch.get(size)
@@ -394,15 +499,22 @@ class PowerFlow:
             magnitude = red.expand_magnitude(raw.u * np.exp(1j * raw.angle), scratch)
             if not self.symmetric:
                 magnitude = magnitude.copy()  # the scratch is reused; the result is the caller's
-            line_i = np.where(red.line_chain >= 0, raw.line_i[:, np.maximum(red.line_chain, 0)], 0.0)
+            line_loading = np.take(raw.line_i, red.line_chain, axis=1)  # chain -1: the zero column
+            line_loading /= self._line_rating
+            worst = [raw.line_i[:, :-1] / self._chain_rating]  # the same maxima, over the chains only
+            if self._dead_rated:
+                worst.append(np.zeros((size, 1)))
+        else:
+            line_loading = raw.line_i / self._line_rating
+            worst = [line_loading]
         u = magnitude.reshape(size, -1)
-        vmax, vmin = u.max(axis=1), u.min(axis=1)  # NaN only for failed scenarios: every bus has its phases
-        vmax_bus = u.argmax(axis=1) // phases
-        vmin_bus = u.argmin(axis=1) // phases
+        rows = np.arange(size)
+        vmax_at, vmin_at = u.argmax(axis=1), u.argmin(axis=1)
+        vmax, vmin = u[rows, vmax_at], u[rows, vmin_at]  # NaN only for failed scenarios
+        vmax_bus, vmin_bus = vmax_at // phases, vmin_at // phases
         v = np.repeat(magnitude, 3, axis=2) if self.symmetric else magnitude
-        line_loading = line_i / self._line_rating
         trafo_loading = raw.trafo_s / self._trafo_rating
-        both = np.concatenate([line_loading, trafo_loading], axis=1)
+        both = np.concatenate([*worst, trafo_loading], axis=1)
         max_loading = np.fmax.reduce(both, axis=1) if both.shape[1] else np.full(size, np.nan)
         if failed.any():
             for array in (v, vmax, vmin, line_loading, trafo_loading, max_loading, raw.losses, raw.source_p,

@@ -14,8 +14,13 @@ solves a few levels of every open line together, in one ``solve_batch`` call:
   and two further out by the larger of ``rtol`` and the gap between the quadratic and the secant roots
   (``REFINE_TIGHT``, ``REFINE``). When ``hi`` did not converge, evenly spaced levels instead.
 
+Levels the caller already solved (``seed``: for ``equal``, the ratings where DERs stop rising) are history like
+any other: the bracket starts from them, and where passing is not monotone along a line (an unbalanced feeder,
+DERs stopping at their ratings) the smallest failing level bounds the answer all the same.
+
 A line is done when ``hi <= lo * (1 + rtol)``, ``hi - lo <= atol`` or ``lo`` reached ``t_max``. Its answer is
-``lo``, a level an AC solve passed: never above the true largest level, at most ``rtol`` below it when done.
+``lo``, a level an AC solve passed: never above the first level that fails (where passing is monotone between
+the levels solved), at most ``rtol`` below it when done.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ REFINE = np.array([-2.5, 1.5])
 
 #: ``evaluate(line, level) -> (result, margins)``: solve one batch, a scenario per ``(line[k], level[k])``.
 Evaluate = Callable[[IntArray, FloatArray], tuple[FlowResult, FloatArray]]
+#: Levels already solved in the first batch: ``(levels (M, K), margins (M, K, 3), rows (M, K))``.
+Seed = tuple[FloatArray, FloatArray, IntArray]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -101,19 +108,27 @@ class _Lines:
     """The search state of every line: the history of solved levels (slot 0: level 0), margins and where each
     was solved; the bracket is read off the history."""
 
-    def __init__(self, margins0: FloatArray, ref0: IntArray, t_max: FloatArray, width: int) -> None:
+    def __init__(self, margins0: FloatArray, ref0: IntArray, t_max: FloatArray, width: int,
+                 seed: Seed | None) -> None:
         m = margins0.shape[0]
+        k = 0 if seed is None else seed[0].shape[1]
         self.rows = np.arange(m)
         self.t_max = t_max
-        self.levels = np.full((m, width), np.nan)
+        self.levels = np.full((m, width + k), np.nan)
         self.levels[:, 0] = 0.0
-        self.margins = np.full((m, width, 3), np.nan)
+        self.margins = np.full((m, width + k, 3), np.nan)
         self.margins[:, 0] = margins0
-        self.ok = np.zeros((m, width), dtype=bool)
+        self.ok = np.zeros((m, width + k), dtype=bool)
         self.ok[:, 0] = passes(margins0)
-        self.ids = np.full((m, width), -1, dtype=np.intp)
+        self.ids = np.full((m, width + k), -1, dtype=np.intp)
         self.ids[:, 0] = ref0
-        self.count = np.ones(m, dtype=np.intp)
+        if seed is not None:  # levels already solved in results[0] (NaN: none)
+            levels, margins, ids = seed
+            self.levels[:, 1 : k + 1] = levels
+            self.margins[:, 1 : k + 1] = margins
+            self.ok[:, 1 : k + 1] = np.isfinite(levels) & passes(margins.reshape(-1, 3)).reshape(m, k)
+            self.ids[:, 1 : k + 1] = ids
+        self.count = np.full(m, 1 + k, dtype=np.intp)
         self._bounds()
 
     def _bounds(self) -> None:
@@ -187,21 +202,28 @@ class _Lines:
 
 
 def bracket(evaluate: Evaluate, guess: FloatArray, t_max: FloatArray, margins0: FloatArray, ref0: IntArray,
-            results: list[FlowResult], *, rtol: float, atol: FloatArray, max_batches: int) -> Bracket:
+            results: list[FlowResult], *, rtol: float, atol: FloatArray, max_batches: int,
+            seed: Seed | None = None) -> Bracket:
     """Search every line whose level-0 scenario passed (``margins0`` ``(M, 3)``, solved in row ``ref0`` ``(M,)``
     of ``results[0]``): see the module docstring. ``guess`` ``(M,)`` finite and > 0; ``t_max`` ``(M,)``
-    finite. ``results`` gets one entry per batch."""
+    finite. ``seed``: levels ``(M, K)`` (NaN: none) already solved in ``results[0]``, their margins
+    ``(M, K, 3)`` and rows ``(M, K)``; they count as any level solved by the search. ``results`` gets one entry
+    per batch."""
     width = 1 + max_batches * max(FIRST.size, AHEAD.size, GROW.size, REFINE.size + REFINE_TIGHT.size)
     offsets = [0, results[0].scenarios]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        state = _Lines(margins0, ref0, t_max, width)
+        state = _Lines(margins0, ref0, t_max, width, seed)
+        guess = np.clip(guess, state.lo, np.fmin(state.hi, t_max))  # inside what the seed already brackets
         solves = 0
-        done = ~state.ok[:, 0] | (t_max <= 0)
+        done = ~state.ok[:, 0] | (t_max <= 0) | (state.lo >= t_max)
         for batch in range(max_batches):
             if done.all():
                 break
             levels = state.candidates(guess, rtol, first=batch == 0)
             levels[done] = np.nan
+            if batch == 0 and not np.isfinite(levels).any():  # the seed already brackets every guess
+                levels = state.candidates(guess, rtol, first=False)
+                levels[done] = np.nan
             line, col = np.nonzero(np.isfinite(levels))
             level = levels[line, col]
             if not level.size:

@@ -16,7 +16,8 @@ import dataclasses
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from gateway.twin._feeder import Ders, Feeder, Phase
+from gateway.twin._errors import FeederError, FeederIssue
+from gateway.twin._feeder import Ders, Feeder
 from gateway.twin._validate import assert_valid_feeder
 
 FloatArray = NDArray[np.float64]
@@ -52,9 +53,22 @@ def jacobian(x0: FloatArray, x: FloatArray, step: FloatArray) -> FloatArray:
 
 def with_ders(feeder: Feeder, name: ArrayLike, bus: ArrayLike, *, phase: ArrayLike | None = None,
               rating_w: ArrayLike | None = None, keep: bool = False) -> Feeder:
-    """``feeder`` with these DER connection points (bus indices; phase default three-phase, rating default
-    unknown), in place of its own (``keep``: after its own). Validated: bad points raise :class:`FeederError`."""
-    new = Ders.create(name=name, bus=bus, phase=phase, rating_w=rating_w)
+    """``feeder`` with these DER connection points in place of its own (``keep``: after its own).
+
+    ``bus``: bus names or indices; ``phase`` default three-phase; ``rating_w`` default unknown (NaN). Validated:
+    an unknown bus, a repeated name or a bad rating raises :class:`FeederError` naming the DER."""
+    names = np.array([str(n) for n in np.asarray(name, dtype=object).ravel()], dtype=np.str_)
+    raw = np.asarray(bus, dtype=object).ravel()
+    if any(isinstance(b, str) for b in raw):
+        lookup = feeder.bus_lookup()
+        unknown = [(str(n), str(b)) for n, b in zip(names, raw, strict=True) if str(b) not in lookup]
+        if unknown:
+            raise FeederError([FeederIssue("der", "bus", (n,), f"unknown bus {b!r}") for n, b in unknown],
+                              feeder.name)
+        index = np.array([lookup[str(b)] for b in raw], dtype=np.int64)
+    else:
+        index = np.asarray(raw, dtype=np.int64)
+    new = Ders.create(name=names, bus=index, phase=phase, rating_w=rating_w)
     if keep:
         old = feeder.ders
         new = Ders(np.concatenate([old.name, new.name]), np.concatenate([old.bus, new.bus]),
@@ -62,8 +76,3 @@ def with_ders(feeder: Feeder, name: ArrayLike, bus: ArrayLike, *, phase: ArrayLi
     result = dataclasses.replace(feeder, ders=new)
     assert_valid_feeder(result)
     return result
-
-
-def phases_of(feeder: Feeder) -> tuple[Phase, ...]:
-    """The phases a new DER is tried on: three-phase on a balanced feeder, each phase on an unbalanced one."""
-    return (Phase.ABC,) if feeder.balanced else (Phase.A, Phase.B, Phase.C)
