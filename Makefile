@@ -39,6 +39,9 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_devices
 	$(BIN)/python -m tests.benchmarks.bench_twin
+	$(BIN)/python -m tests.benchmarks.bench_uplink
+	$(BIN)/python -m tests.benchmarks.bench_signing
+	$(BIN)/python -m tests.benchmarks.bench_estimate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

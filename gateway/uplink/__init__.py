@@ -33,7 +33,13 @@ from gateway.uplink._messages import (
 from gateway.uplink._sequence import Sequencer
 
 #: Public names whose modules pull in a network client or asyncio: ``name -> module``, imported on first access.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("MqttUplink", "MqttSettings", "UplinkStats", "CONNECTION_LOST", "UP_TOPICS",
+                     "client_tls_context"), "gateway.uplink._mqtt"),
+    **dict.fromkeys(("Outbox", "MessageKind", "OutboxStats", "DROP_ORDER"), "gateway.uplink._outbox"),
+    **dict.fromkeys(("OpenAdrVen", "OpenAdrConfig", "VenHooks", "Ven"), "gateway.uplink._openadr"),
+    "ReportAnswer": "gateway.uplink._openadr_client",
+}
 
 __all__ = [
     "ALG",

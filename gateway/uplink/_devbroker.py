@@ -55,7 +55,7 @@ def _config(directory: Path, identity: Identity, site: str, gateway_id: str, hos
     conf = ["per_listener_settings false", "persistence false", "allow_anonymous false", f"acl_file {acl}",
             "log_dest stderr", "log_type error", "log_type warning", f"listener {port} {host}",
             f"cafile {identity.ca}", f"certfile {identity.cert}", f"keyfile {identity.key}",
-            "require_certificate true", "use_identity_as_username true", "tls_version tlsv1.2"]
+            "require_certificate true", "use_identity_as_username true", "tls_version tlsv1.2", "set_tcp_nodelay true"]
     if os.geteuid() == 0:
         conf.insert(0, "user root")  # as root mosquitto would drop to 'mosquitto', who cannot read our 0600 keys
     path = directory / "mosquitto.conf"
