@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import parse_config
-from gateway.errors import ConfigError
 from gateway.types import Authority
+from tests._config_helpers import SRC, refused
 
-SRC = "gw.toml"
 BASE = """\
 [site]
 id = "depot-7"
@@ -77,12 +76,6 @@ simple_levels = { "1" = 0.6, "2" = 0.3, "3" = 0.0 }
 """.replace("FP", FP)
 
 
-def _problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as exc:
-        parse_config(text, SRC)
-    return [line.removeprefix(f"{SRC}: ") for line in str(exc.value).splitlines()]
-
-
 def test_a_full_uplink_section_loads() -> None:
     config = parse_config(BASE + DISPATCH + UPLINK, SRC)
     up = config.uplink
@@ -106,7 +99,7 @@ def test_a_config_without_uplink_still_loads() -> None:
 
 def test_mqtt_alone_needs_no_dispatch_but_needs_signing() -> None:
     mqtt_only = '\n[uplink.mqtt]\nhost = "b"\nca = "ca.pem"\ncert = "g.pem"\nkey = "g.key"\n'
-    assert _problems(BASE + mqtt_only) == [
+    assert refused(BASE + mqtt_only) == [
         "uplink.signing: everything the gateway publishes is signed — add [uplink.signing] with cert and key "
         "(or remove [uplink.mqtt])"]
     signed = BASE + '\n[uplink.signing]\ncert = "g.pem"\nkey = "g.key"\n' + mqtt_only
@@ -146,25 +139,25 @@ def test_mistakes_name_the_key_and_the_fix(edit: tuple[str, str], expected: str 
     if expected is None:
         parse_config(text, SRC)
         return
-    problems = _problems(text)
+    problems = refused(text)
     assert any(p.startswith(expected) for p in problems), problems
     assert all("—" in p for p in problems), problems  # every problem says what to do about it
 
 
 def test_commands_without_dispatch_are_refused() -> None:
-    problems = _problems(BASE + UPLINK)
+    problems = refused(BASE + UPLINK)
     assert problems == ["uplink: [[uplink.headends]] sends commands, and only dispatch carries them out — add a "
                         "[dispatch] section (customer limits, default envelope, audit log)"]
 
 
 def test_headends_need_mqtt() -> None:
     text = BASE + DISPATCH + '\n[uplink]\n[[uplink.headends]]\ncert = "h.pem"\nauthority = "local"\nissuer = "h"\n'
-    assert _problems(text) == ["uplink.headends: head-end commands arrive over MQTT (.../cmd) — add [uplink.mqtt] "
-                               "(or remove [[uplink.headends]])"]
+    assert refused(text) == ["uplink.headends: head-end commands arrive over MQTT (.../cmd) — add [uplink.mqtt] "
+                             "(or remove [[uplink.headends]])"]
 
 
 def test_openadr_report_periods_in_order() -> None:
     text = (BASE + DISPATCH + UPLINK).replace('simple_levels = {', 'report_min_period_s = 60\n'
                                               'report_max_period_s = 30\nsimple_levels = {')
-    assert _problems(text) == ["uplink.openadr.report_min_period_s: report_min_period_s (60) is above "
-                               "report_max_period_s (30) — make min <= max"]
+    assert refused(text) == ["uplink.openadr.report_min_period_s: report_min_period_s (60) is above "
+                             "report_max_period_s (30) — make min <= max"]

@@ -13,14 +13,14 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.pki import Identity
+from gateway.uplink._mqtt import UP_TOPICS
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-_UP = ("status", "telemetry", "envelope", "events")
 
 
 def find_mosquitto() -> str | None:
@@ -46,16 +46,20 @@ class DevBroker:
     log_path: Path
 
 
-def _config(directory: Path, identity: Identity, site: str, gateway_id: str, host: str, port: int) -> Path:
+def write_config(directory: Path, identity: Identity, site: str, gateway_id: str, host: str, port: int, *,
+                 tcp_nodelay: bool = True, extra: Sequence[str] = ()) -> Path:
+    """Write the ACL and ``mosquitto.conf`` (``extra``: more general settings) into ``directory``; the conf's path."""
     directory.mkdir(parents=True, exist_ok=True)
     prefix = f"gridedge/{site}/{gateway_id}"
     acl = directory / "acl"
-    acl.write_text("\n".join(["user gateway", *(f"topic write {prefix}/{s}" for s in _UP), f"topic read {prefix}/cmd",
-                              "", "user headend", "topic read gridedge/#", "topic write gridedge/+/+/cmd", ""]))
+    acl.write_text("\n".join(["user gateway", *(f"topic write {prefix}/{s}" for s in UP_TOPICS),
+                              f"topic read {prefix}/cmd", "", "user headend", "topic read gridedge/#",
+                              "topic write gridedge/+/+/cmd", ""]))
     conf = ["per_listener_settings false", "persistence false", "allow_anonymous false", f"acl_file {acl}",
-            "log_dest stderr", "log_type error", "log_type warning", f"listener {port} {host}",
+            "log_dest stderr", "log_type error", "log_type warning", *extra, f"listener {port} {host}",
             f"cafile {identity.ca}", f"certfile {identity.cert}", f"keyfile {identity.key}",
-            "require_certificate true", "use_identity_as_username true", "tls_version tlsv1.2", "set_tcp_nodelay true"]
+            "require_certificate true", "use_identity_as_username true", "tls_version tlsv1.2",
+            f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}"]
     if os.geteuid() == 0:
         conf.insert(0, "user root")  # as root mosquitto would drop to 'mosquitto', who cannot read our 0600 keys
     path = directory / "mosquitto.conf"
@@ -68,7 +72,7 @@ async def dev_broker(binary: str, directory: Path, identity: Identity, *, site: 
                      host: str = "127.0.0.1", timeout_s: float = 10.0) -> AsyncIterator[DevBroker]:
     """Run mosquitto with ``identity`` (the broker's certificate) in ``directory`` until the context exits."""
     port = free_port(host)
-    conf = await asyncio.to_thread(_config, directory, identity, site, gateway_id, host, port)
+    conf = await asyncio.to_thread(write_config, directory, identity, site, gateway_id, host, port)
     log_path = directory / "mosquitto.log"
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(binary, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,

@@ -2,7 +2,8 @@
 loopback port, XML signatures checked, each VEN bound at registration to its TLS client certificate (openleadr's
 VTN does not check registration signatures itself), and a record of the report values that reached it.
 
-For demos and local trials only. openleadr keeps some VTN settings on its ``VTNService`` class: one at a time.
+For demos, local trials and the OpenADR tests (``tests/uplink/_openadr_fixtures`` extends it). openleadr keeps some VTN
+settings on its ``VTNService`` class (signing partial, ``ven_lookup``): run one at a time.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,15 +36,17 @@ class ReportValue:
 
     ven_id: str
     resource_id: str
-    measurement: str  # RealPower, Voltage, EXPORT_CAPACITY_LIMIT, ...
+    measurement: str  # itemDescription: RealPower, Voltage, EXPORT_CAPACITY_LIMIT, ...
+    unit: str
     at: dt.datetime
     value: float
+    received: float  # time.perf_counter() when the VTN's report handler ran
 
 
 @dataclass
 class DevVtn:
     """An openleadr VTN on 127.0.0.1 that registers the VENs whose certificates are in ``allowed`` (openleadr
-    short fingerprints); ``on_value`` hears every report value."""
+    short fingerprints); ``on_value`` hears every report value; ``signer`` (default: ``identity``) signs its XML."""
 
     identity: Identity
     allowed: set[str]
@@ -52,11 +56,13 @@ class DevVtn:
     values: list[ReportValue] = field(default_factory=list)
     opts: list[tuple[str, str, str]] = field(default_factory=list)
     on_value: Callable[[ReportValue], None] | None = None
+    signer: Identity | None = None
 
     def __post_init__(self) -> None:
         ident = self.identity
+        signer = self.signer or ident
         self.server = OpenADRServer(
-            vtn_id=VTN_ID, cert=str(ident.cert), key=str(ident.key), http_cert=str(ident.cert),
+            vtn_id=VTN_ID, cert=str(signer.cert), key=str(signer.key), http_cert=str(ident.cert),
             http_key=str(ident.key), http_ca_file=str(ident.ca), http_host="127.0.0.1", http_port=self.port,
             ven_lookup=self.ven_lookup, show_fingerprint=False, show_server_cert_domain=False,
             requested_poll_freq=dt.timedelta(seconds=self.poll_s))
@@ -89,11 +95,11 @@ class DevVtn:
     async def _register_report(self, ven_id: str, resource_id: str, measurement: str, unit: str, scale: str,
                                min_sampling_interval: dt.timedelta, max_sampling_interval: dt.timedelta,
                                ) -> tuple[Callable[[list[tuple[dt.datetime, float]]], None], dt.timedelta]:
-        del unit, scale, max_sampling_interval
+        del scale, max_sampling_interval
 
         def deliver(values: list[tuple[dt.datetime, float]]) -> None:
             for at, value in values:
-                item = ReportValue(ven_id, str(resource_id), measurement, at, float(value))
+                item = ReportValue(ven_id, str(resource_id), measurement, unit, at, float(value), time.perf_counter())
                 self.values.append(item)
                 if self.on_value is not None:
                     self.on_value(item)
@@ -115,6 +121,8 @@ class DevVtn:
             event_descriptor=objects.EventDescriptor(event_id=event_id, modification_number=0,
                                                      market_context="oadr://gridedge.dev", event_status="far"),
             event_signals=[signal], targets=targets)
-        self.server.add_raw_event(ven_id=ven_id, event=event,
-                                  callback=lambda ven, eid, opt: self.opts.append((ven, eid, opt)))
+        self.server.add_raw_event(ven_id=ven_id, event=event, callback=self._opt)
         return event_id
+
+    def _opt(self, ven_id: str, event_id: str, opt_type: str) -> None:  # openleadr checks these parameter names
+        self.opts.append((ven_id, event_id, opt_type))

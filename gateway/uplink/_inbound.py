@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from gateway.errors import CommandRejected, ConfigError, SignatureError
 from gateway.pki import fingerprint, load_certificate
 from gateway.types import Authority, Command
-from gateway.uplink._jws import Verifier
+from gateway.uplink._jws import Verifier, as_token
 from gateway.uplink._messages import CommandMessage, describe
 from gateway.uplink._sequence import fsync_dir
 
@@ -231,18 +231,10 @@ def _parse_state(text: str, path: Path) -> dict[str, _Issuer]:
 
 def _token(raw: object) -> bytes:
     """``raw`` as a bounded ASCII token, refusing an unsigned one by name."""
-    if isinstance(raw, str):
-        try:
-            raw = raw.encode("ascii")
-        except UnicodeEncodeError:
-            raise CommandRejected("malformed", "a signed command is ASCII") from None
-    if isinstance(raw, bytearray | memoryview):
-        raw = bytes(raw)
-    if not isinstance(raw, bytes):
-        raise CommandRejected("malformed", f"expected bytes, got {type(raw).__name__}")
-    if len(raw) > MAX_COMMAND_BYTES:
-        raise CommandRejected("malformed", f"{len(raw)} bytes, longer than a command may be ({MAX_COMMAND_BYTES})")
-    token = raw.strip()
+    try:
+        token = as_token(raw, MAX_COMMAND_BYTES)
+    except SignatureError as exc:
+        raise CommandRejected(exc.reason, exc.detail) from None
     parts = token.split(b".")
     if len(parts) == 3 and not parts[2]:
         raise CommandRejected("unsigned", "the command carries no signature")

@@ -160,7 +160,7 @@ class Verifier:
 
     def verify_with_kid(self, token: bytes | str) -> tuple[str, dict[str, Any]]:
         """``(kid, payload)`` of a valid token: which pinned key signed it, and what it says."""
-        raw = _as_bytes(token)
+        raw = as_token(token)
         segments = raw.split(b".")
         if len(segments) != 3 or not all(_SEGMENT.fullmatch(s) for s in segments):
             raise SignatureError("malformed", "not a JWS compact serialisation (three base64url segments)")
@@ -195,7 +195,8 @@ class Verifier:
         return kid, payload
 
 
-def _as_bytes(token: object) -> bytes:
+def as_token(token: object, limit: int = MAX_TOKEN_BYTES) -> bytes:
+    """``token`` (str or bytes-like) as stripped ASCII bytes of at most ``limit``, else SignatureError (malformed)."""
     if isinstance(token, str):
         try:
             token = token.encode("ascii")
@@ -205,8 +206,8 @@ def _as_bytes(token: object) -> bytes:
         token = bytes(token)
     if not isinstance(token, bytes):
         raise SignatureError("malformed", f"a token is bytes or str, not {type(token).__name__}")
-    if len(token) > MAX_TOKEN_BYTES:
-        raise SignatureError("malformed", f"longer than {MAX_TOKEN_BYTES} bytes")
+    if len(token) > limit:
+        raise SignatureError("malformed", f"{len(token)} bytes, longer than a token may be ({limit})")
     return token.strip()
 
 

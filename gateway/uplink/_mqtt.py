@@ -34,8 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as paho
 import structlog
@@ -47,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.errors import ConfigError, UplinkUnavailable
 from gateway.pki import load_private_key
 from gateway.uplink._inbound import MAX_COMMAND_BYTES
+from gateway.uplink._lifecycle import StartStop
 
 __all__ = ["CONNECTION_LOST", "UP_TOPICS", "MqttSettings", "MqttUplink", "UplinkStats", "client_tls_context"]
 
@@ -198,7 +198,7 @@ def _plain_status(state: str) -> bytes:
     return state.encode()
 
 
-class MqttUplink:
+class MqttUplink(StartStop):
     """One gateway's MQTT v5 connection: publish signed bytes upward (QoS 1), receive ``cmd`` bytes.
 
     ``on_command(payload)`` receives every ``cmd`` message's raw payload (at most ``MAX_COMMAND_BYTES``);
@@ -231,14 +231,6 @@ class MqttUplink:
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Check the key (0600, P-256) and certificates, then connect in the background (ConfigError if unusable)."""

@@ -46,8 +46,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
-from typing import Any, Literal, Protocol, Self
+from types import SimpleNamespace
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import structlog
@@ -55,6 +55,7 @@ from openleadr import objects
 
 from gateway.errors import ConfigError, UplinkRefused, UplinkUnavailable
 from gateway.types import Authority, Command, DerLimit, Envelope, Measurement
+from gateway.uplink._lifecycle import StartStop
 from gateway.uplink._openadr_client import (
     SIGNATURE_WINDOW_S,
     GatewayClient,
@@ -158,7 +159,7 @@ class Ven(Protocol):
                          timeout_s: float = 30.0) -> Sequence[object]: ...
 
 
-class OpenAdrVen:
+class OpenAdrVen(StartStop):
     """An OpenADR 2.0b VEN for this gateway. Building it checks the key and the settings and does nothing else;
     ``start`` (or ``async with``) registers with the VTN, ``stop`` ends polling and reporting."""
 
@@ -179,14 +180,6 @@ class OpenAdrVen:
         self._log = structlog.get_logger(__name__).bind(uplink="openadr", ven_name=config.ven_name)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Register with the VTN, register the reports, sync events; then openleadr polls on the VTN's schedule.
 

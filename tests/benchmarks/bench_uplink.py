@@ -47,6 +47,7 @@ from typing import Any, Literal
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.logs import configure as configure_logging
 from gateway.types import Measurement
 from gateway.uplink import Signer, TelemetryMessage, new_id
 from gateway.uplink._mqtt import MqttSettings, MqttUplink, client_tls_context
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=[s.name for s in SECTIONS], action="append", help="run only these")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
+    configure_logging("warning", stream=sys.stderr)  # the figures, not the uplink's connect/stop lines
     binary = find_mosquitto()
     if binary is None:
         print("mosquitto is not installed (/usr/sbin/mosquitto): `make test` installs it", file=sys.stderr)

@@ -6,10 +6,9 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.dispatch import DispatchPolicy
-from gateway.errors import ConfigError
 from gateway.types import Authority, DerLimit
+from tests._config_helpers import SRC, refused
 
-SRC = "gw.toml"
 BASE = """\
 [site]
 id = "depot-7"
@@ -48,12 +47,6 @@ export_w = 1500
 import_w = 1000
 ders = { bat-1 = { export_w = 0, import_w = 0 } }
 """
-
-
-def _problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as exc:
-        parse_config(text, SRC)
-    return [line.removeprefix(f"{SRC}: ") for line in str(exc.value).splitlines()]
 
 
 def test_a_dispatch_section_becomes_a_policy() -> None:
@@ -117,4 +110,4 @@ def test_the_default_ranking_puts_the_grid_operator_first() -> None:
 )
 def test_mistakes_name_the_key_and_the_fix(old: str, new: str, problem: str) -> None:
     assert old in GOOD
-    assert problem in _problems(GOOD.replace(old, new))
+    assert problem in refused(GOOD.replace(old, new))

@@ -9,7 +9,6 @@ be stopped and started again on the same port (outage tests).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -18,19 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.pki import Identity, init_dev_pki
-from gateway.uplink._devbroker import find_mosquitto, free_port
-from gateway.uplink._mqtt import UP_TOPICS
+from gateway.uplink._devbroker import find_mosquitto, free_port, write_config
 
-__all__ = ["Broker", "acl_text", "find_mosquitto", "free_port"]
-
-
-def acl_text(site: str, gateway_id: str, *, gateway_cn: str = "gateway", headend_cn: str = "headend") -> str:
-    prefix = f"gridedge/{site}/{gateway_id}"
-    lines = [f"user {gateway_cn}"]
-    lines += [f"topic write {prefix}/{suffix}" for suffix in UP_TOPICS]
-    lines += [f"topic read {prefix}/cmd", "", f"user {headend_cn}", "topic read gridedge/#",
-              "topic write gridedge/+/+/cmd", ""]
-    return "\n".join(lines)
+__all__ = ["Broker", "find_mosquitto", "free_port"]
 
 
 @dataclass
@@ -49,37 +38,11 @@ class Broker:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.pki = init_dev_pki(self.directory / "pki", ("broker", "gateway", "headend"))
-        acl = self.directory / "acl"
-        acl.write_text(acl_text(self.site, self.gateway_id))
-        broker = self.pki["broker"]
-        conf = [
-            "per_listener_settings false",
-            "persistence false",
-            f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}",
-            "allow_anonymous false",
-            f"acl_file {acl}",
-            f"max_inflight_messages {self.max_inflight}",
-            "max_queued_messages 100000",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "log_timestamp_format %H:%M:%S",
-            f"listener {self.port} {self.host}",
-            f"cafile {broker.ca}",
-            f"certfile {broker.cert}",
-            f"keyfile {broker.key}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            "tls_version tlsv1.2",
-        ]
-        if os.geteuid() == 0:
-            # Started as root mosquitto would switch to the 'mosquitto' user, who cannot read our 0600 keys.
-            conf.insert(0, "user root")
-        (self.directory / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+        extra = [f"max_inflight_messages {self.max_inflight}", "max_queued_messages 100000", "log_type notice",
+                 "log_type information", "log_timestamp_format %H:%M:%S"]
+        write_config(self.directory, self.pki["broker"], self.site, self.gateway_id, self.host, self.port,
+                     tcp_nodelay=self.tcp_nodelay, extra=extra)
 
     @property
     def prefix(self) -> str:
