@@ -10,6 +10,13 @@ DER that writes what dispatch wants and re-writes it before the device's reversi
   (``WSet``) too: they are separate points;
 * when a setpoint ends on a 704 device its ``WSet`` is released; on 123/124 the cap overwrites it.
 
+A write happens when what dispatch wants changed (:func:`~gateway.dispatch.setpoint_differs`,
+:func:`~gateway.dispatch.cap_differs`) or as a **refresh**, once half the reversion timer programmed with the
+last write has passed (audited with ``refresh``): a new envelope that leaves the clamp where it was writes nothing.
+Every write also programs what the device reverts to when its timer runs out, where the device holds such a value
+(704): the DER's cap under the default envelope (:func:`~gateway.dispatch.default_cap`), so a dead gateway leaves
+it at the default envelope (fail-safe layer 2). 123/124 timers revert to the device's own default.
+
 Writes that fail are logged (once per failure episode; the audit log has every one) and retried with backoff;
 they never stop the loop. The dispatcher is synchronous and fsyncs its audit lines: its calls run in a worker
 thread, one at a time.
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -38,7 +45,9 @@ from gateway.dispatch import (
     apply_setpoint,
     cap_differs,
     cap_for,
+    default_cap,
     release,
+    setpoint_differs,
 )
 from gateway.errors import CommandRejected, DeviceError
 from gateway.sunspec import SunSpecControls
@@ -118,6 +127,13 @@ class Control:
             await self.actuate(command.der_id, time.time())
         return decision
 
+    async def withdraw(self, command_ids: Sequence[str], reason: str, now: float, *,
+                       source: str | None = None) -> list[Decision]:
+        """Commands their issuer withdrew: decided again (and recorded), then the DERs concerned written at once."""
+        decisions = await self._call(lambda: self.dispatcher.withdraw(command_ids, reason, now, source=source))
+        await asyncio.gather(*(self.actuate(d.der_id, time.time()) for d in decisions if d.der_id in self._ders))
+        return decisions
+
     async def reject(self, error: CommandRejected, *, source: str, raw: bytes | None, now: float) -> None:
         """Record a command the verifier refused: it actuates nothing."""
         async with self._lock:
@@ -173,14 +189,16 @@ class Control:
             setpoint = None  # expired: the next tick releases it; keep the DER capped meanwhile
         controls = await self._controls(der)
         reversion = self.policy.reversion_s
+        fallback_w = default_cap(der_id, self.policy).export_w  # what the device reverts to (704)
         separate = controls.has(704)  # 704: cap (WMaxLimPct) and setpoint (WSet) are separate points
         if setpoint is not None:
-            same = der.setpoint is not None and (der.setpoint.w, der.setpoint.valid_until) == (
-                setpoint.w, setpoint.valid_until)
+            fresh = setpoint_differs(der.setpoint, setpoint)
             # a timer programmed to end with the setpoint's validity needs no refresh: dispatch releases it then
             ends_with_it = der.setpoint_ends >= setpoint.valid_until - 1
-            if not same or (_due(der.setpoint_at, der.setpoint_ends, now) and not ends_with_it):
-                applied = await apply_setpoint(setpoint, controls, self.audit, reversion_s=reversion)
+            refresh = not fresh and _due(der.setpoint_at, der.setpoint_ends, now) and not ends_with_it
+            if fresh or refresh:
+                applied = await apply_setpoint(setpoint, controls, self.audit, reversion_s=reversion,
+                                               fallback_w=fallback_w, refresh=refresh)
                 if applied is not None:
                     der.setpoint, der.setpoint_at = setpoint, time.time()
                     der.setpoint_ends = der.setpoint_at + (applied.reversion_s or reversion)
@@ -197,8 +215,10 @@ class Control:
         if in_force is None:
             return
         cap = cap_for(der_id, in_force, self.policy)
-        if cap_differs(der.cap, cap) or _due(der.cap_at, der.cap_ends, now):
-            written = await apply_cap(cap, controls, self.audit, reversion_s=reversion)
+        fresh = cap_differs(der.cap, cap)
+        if fresh or _due(der.cap_at, der.cap_ends, now):
+            written = await apply_cap(cap, controls, self.audit, reversion_s=reversion, fallback_w=fallback_w,
+                                      refresh=not fresh)
             der.cap, der.cap_at = cap, time.time()
             der.cap_ends = der.cap_at + (written.reversion_s or reversion)
             log.debug("der capped", der_id=der_id, export_w=cap.export_w, import_w=cap.import_w,

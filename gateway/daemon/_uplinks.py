@@ -253,9 +253,24 @@ class Uplinks:
     async def _on_openadr_commands(self, commands: Sequence[Command]) -> None:
         await self._dispatch(commands)
 
-    def _on_openadr_cancel(self, command_ids: Sequence[str]) -> None:
-        log.warning("openadr event withdrawn: dispatch keeps its commands until they expire",
-                    command_ids=list(command_ids))
+    async def _on_openadr_cancel(self, command_ids: Sequence[str]) -> None:
+        """The VTN cancelled or modified an event: its withdrawn commands leave dispatch (audited), and each DER
+        concerned falls back to the next command in rank or to its cap; a signed event says so upward."""
+        if self.control is None:
+            return
+        reason = "withdrawn by the OpenADR VTN: event cancelled or modified"
+        try:
+            decisions = await self.control.withdraw(command_ids, reason, time.time(), source="openadr")
+        except GridedgeError as exc:  # the audit log refused: nothing was decided
+            log.error("openadr withdrawal not handled", command_ids=list(command_ids),
+                      error=f"{type(exc).__name__}: {exc}")
+            raise
+        for decision in decisions:
+            sp = decision.setpoint
+            await self.publish_event(
+                "command-decision", "info", decision.reason,
+                {"commandId": decision.command_id, "derId": decision.der_id, "outcome": decision.outcome,
+                 "w": None if sp is None else sp.w, "binding": decision.binding, "source": "openadr"})
 
     # --- OpenADR --------------------------------------------------------------------------------------------
     async def _ven_loop(self) -> None:

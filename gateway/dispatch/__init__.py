@@ -8,9 +8,9 @@ SunSpec controls) is asynchronous. Uplinks call dispatch; dispatch never imports
 
 from gateway.dispatch._apply import Applied, apply_decision, apply_setpoint, release
 from gateway.dispatch._arbiter import Arbitration, Considered, arbitrate
-from gateway.dispatch._cap import Cap, CapWritten, apply_cap, cap_differs, cap_for
+from gateway.dispatch._cap import Cap, CapWritten, apply_cap, cap_differs, cap_for, default_cap
 from gateway.dispatch._clamp import Bound, Clamped, clamp
-from gateway.dispatch._dispatcher import MAX_COMMANDS_PER_DER, Decision, Dispatcher
+from gateway.dispatch._dispatcher import MAX_COMMANDS_PER_DER, Decision, Dispatcher, setpoint_differs
 from gateway.dispatch._failsafe import InForce, envelope_in_force
 from gateway.dispatch._policy import DispatchPolicy
 
@@ -34,6 +34,8 @@ __all__ = [
     "cap_differs",
     "cap_for",
     "clamp",
+    "default_cap",
     "envelope_in_force",
     "release",
+    "setpoint_differs",
 ]

@@ -15,7 +15,14 @@ How a setpoint in W reaches a device (7xx before 12x, as the controls layer pref
 Values are quantised toward zero at the device's scale factor, so the device never gets more than the clamp;
 more than the device's rating is written as its rating. Each write programs the reversion timer with
 ``min(reversion_s, time the setpoint has left)`` so the device falls back by itself when the setpoint expires
-or the gateway dies; the owner re-applies :meth:`Dispatcher.setpoint` before ``reversion_s`` runs out.
+or the gateway dies; the owner re-applies :meth:`Dispatcher.setpoint` before ``reversion_s`` runs out (a
+``refresh``: same value, new timer; its ``device-write`` line says ``action: refresh``).
+
+What it falls back to (fail-safe layer 2): on 704, ``fallback_w`` (the default envelope's export limit) is
+programmed as ``WSetRvrt`` with ``WSetEnaRvrt`` off, so a lapsed setpoint leaves the device under its export cap
+(704 ``WMaxLimPct``, whose own reversion value :func:`~gateway.dispatch.apply_cap` programs to the default
+envelope) rather than holding a setpoint nobody renews. 123 and 124 hold no reversion value: their timers hand
+the device back to its own default.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class Applied:
     written_w: float | None
     held_w: float | None
     reversion_s: int | None  # the timer programmed (None: the device has none, or a release)
+    reversion_w: float | None = None  # what WSet reverts to (704 WSetRvrt), None where nothing was programmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +86,17 @@ def _sf(points: dict[str, Any], name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-async def _plan_704(w: float, controls: SunSpecControls) -> _Plan:
+async def _plan_704(w: float, controls: SunSpecControls, fallback_w: float | None) -> _Plan:
     block = await controls.read_model(704)
     sf = _sf(block.points, "WSet_SF")
     written = _toward_zero(w, sf)
+    revert_w = None if fallback_w is None else _toward_zero(fallback_w, sf)
 
     def held(p: dict[str, Any]) -> float | None:
         return float(p["WSet"]) if p.get("WSetEna") == 1 and p.get("WSetMod") == 1 else None
 
     return _Plan(704, written, 10.0**sf, {"WSet": written},
-                 lambda revert_s: controls.set_active_power_w(written, revert_s), held)
+                 lambda revert_s: controls.set_active_power_w(written, revert_s, revert_w=revert_w), held)
 
 
 async def _plan_124(w: float, controls: SunSpecControls) -> _Plan:
@@ -142,9 +151,9 @@ async def _plan_123(w: float, controls: SunSpecControls) -> _Plan:
                  lambda revert_s: controls.limit_active_power_pct(pct, revert_s), held)
 
 
-async def _plan(w: float, controls: SunSpecControls) -> _Plan:
+async def _plan(w: float, controls: SunSpecControls, fallback_w: float | None) -> _Plan:
     if controls.has(704):
-        return await _plan_704(w, controls)
+        return await _plan_704(w, controls, fallback_w)
     if controls.has(124):
         return await _plan_124(w, controls)
     if controls.has(123):
@@ -157,9 +166,12 @@ async def _record(audit: AuditLog, event: str, **fields: Any) -> None:
 
 
 async def apply_setpoint(setpoint: Setpoint, controls: SunSpecControls, audit: AuditLog, *, reversion_s: int,
-                         clock: Callable[[], float] = time.time) -> Applied | None:
+                         clock: Callable[[], float] = time.time, fallback_w: float | None = None,
+                         refresh: bool = False) -> Applied | None:
     """Write ``setpoint`` to its DER and verify it; ``None`` if it expired first (nothing written).
 
+    ``fallback_w``: the export limit the device falls back to when the timer runs out (704 ``WSetRvrt``; see
+    the module docstring). ``refresh``: the same setpoint written again only to renew its timer (audited so).
     Raises the device's error (recorded as ``write-failed``) or :class:`WriteVerificationError` when the
     device holds something else than was written (recorded as a ``read-back`` with ``ok`` false).
     """
@@ -171,13 +183,14 @@ async def apply_setpoint(setpoint: Setpoint, controls: SunSpecControls, audit: A
         return None
     revert_s = max(1, min(reversion_s, math.ceil(setpoint.valid_until - now)))
     try:
-        plan = await _plan(setpoint.w, controls)
+        plan = await _plan(setpoint.w, controls, fallback_w)
     except Exception as exc:
         await _record(audit, "write-failed", der_id=der, command_id=cid, w=setpoint.w, stage="plan",
                       error=type(exc).__name__, reason=str(exc))
         raise
+    action = {"action": "refresh"} if refresh else {}
     await _record(audit, "device-write", der_id=der, command_id=cid, model=plan.model, w=setpoint.w,
-                  written_w=plan.written_w, points=plan.points, reversion_s=revert_s)
+                  written_w=plan.written_w, points=plan.points, reversion_s=revert_s, refresh=refresh, **action)
     try:
         result = await plan.write(revert_s)
         held_points = (await controls.read_model(plan.model)).points
@@ -190,12 +203,12 @@ async def apply_setpoint(setpoint: Setpoint, controls: SunSpecControls, audit: A
     ok = held is not None and abs(held - plan.written_w) <= tol and (
         min(0.0, setpoint.w) - tol <= held <= max(0.0, setpoint.w) + tol)
     await _record(audit, "read-back", der_id=der, command_id=cid, model=plan.model, written_w=plan.written_w,
-                  held_w=held, ok=ok, reversion_s=result.reversion_s,
-                  points={k: held_points.get(k) for k in (*plan.points, *result.points)})
+                  held_w=held, ok=ok, reversion_s=result.reversion_s, reversion_w=result.reversion_value,
+                  points={k: held_points.get(k) for k in (*plan.points, *result.points)}, **action)
     if not ok:
         raise WriteVerificationError(f"{der}: wrote {plan.written_w:g} W, the device holds "
                                      f"{'no enabled control' if held is None else f'{held:g} W'}")
-    return Applied(der, plan.model, plan.written_w, held, result.reversion_s)
+    return Applied(der, plan.model, plan.written_w, held, result.reversion_s, result.reversion_value)
 
 
 _RELEASE = {704: {"WSetEna": 0}, 124: {"StorCtl_Mod": 0}, 123: {"WMaxLim_Ena": 0}}
@@ -226,10 +239,11 @@ async def release(der_id: str, controls: SunSpecControls, audit: AuditLog) -> Ap
 
 
 async def apply_decision(decision: Decision, controls: SunSpecControls, audit: AuditLog, *, reversion_s: int,
-                         clock: Callable[[], float] = time.time) -> Applied | None:
+                         clock: Callable[[], float] = time.time, fallback_w: float | None = None) -> Applied | None:
     """Carry out ``decision`` on its DER: nothing unless it ``changed``; a release when it has no setpoint."""
     if not decision.changed:
         return None
     if decision.setpoint is None:
         return await release(decision.der_id, controls, audit)
-    return await apply_setpoint(decision.setpoint, controls, audit, reversion_s=reversion_s, clock=clock)
+    return await apply_setpoint(decision.setpoint, controls, audit, reversion_s=reversion_s, clock=clock,
+                                fallback_w=fallback_w)

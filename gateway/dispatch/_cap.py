@@ -11,8 +11,14 @@ A command becomes a setpoint (:mod:`gateway.dispatch._apply`); a DER with no act
 
 Values are quantised toward zero at the point's scale factor (never more than the cap) and each write programs
 the model's reversion timer, so a gateway that dies leaves the DER to fall back by itself; the owner re-writes
-the cap before the timer runs out. Audit lines as for setpoints: ``device-write`` (``action: cap``) before the
-write, then ``read-back`` with ``ok``, or ``write-failed``.
+the cap before the timer runs out (``refresh``). Audit lines as for setpoints: ``device-write`` (``action: cap``,
+``refresh``) before the write, then ``read-back`` with ``ok``, or ``write-failed``.
+
+Fail-safe layer 2, what the DER falls back to: on 704 the export cap's reversion value is programmed with it
+(``WMaxLimPctRvrt``, enabled by ``WMaxLimPctEnaRvrt``) to ``fallback_w`` as % of WMax — the default envelope's
+export limit (:func:`default_cap`) — so a dead gateway leaves the inverter at the default envelope rather than
+uncapped. 123 (``WMaxLimPct_RvrtTms``) and 124 (``InOutWRte_RvrtTms``) have no reversion value: their timers
+return the DER to the device's own default (for 123 typically no limit at all), which no Modbus write can set.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from gateway.audit import AuditLog
 from gateway.dispatch._apply import CHARGE, DISCHARGE, _record, _toward_zero
-from gateway.dispatch._failsafe import InForce
+from gateway.dispatch._failsafe import InForce, envelope_in_force
 from gateway.dispatch._policy import DispatchPolicy
 from gateway.errors import UnsupportedControl, WriteVerificationError
 from gateway.sunspec import SunSpecControls
@@ -54,6 +60,7 @@ class CapWritten:
     discharge_w: float | None
     charge_w: float | None
     reversion_s: int | None
+    reversion_pct: float | None = None  # the export cap's reversion value (704 WMaxLimPctRvrt); None: none programmed
 
 
 def cap_for(der_id: str, in_force: InForce, policy: DispatchPolicy) -> Cap:
@@ -62,6 +69,12 @@ def cap_for(der_id: str, in_force: InForce, policy: DispatchPolicy) -> Cap:
     export = min(bounds, key=lambda b: b.export_w)  # min keeps the first of equals: the customer's
     import_ = min(bounds, key=lambda b: b.import_w)
     return Cap(der_id, export.export_w, import_.import_w, export.source, import_.source)
+
+
+def default_cap(der_id: str, policy: DispatchPolicy) -> Cap:
+    """The cap on ``der_id`` under the default envelope (the tighter of it and the customer's limits): what the
+    DER is to fall back to when nobody renews its limits."""
+    return cap_for(der_id, envelope_in_force(None, 0.0, policy), policy)
 
 
 def _number(points: dict[str, Any], name: str) -> float | None:
@@ -86,24 +99,45 @@ async def _w_max(controls: SunSpecControls, model: int) -> float:
                              "WMax")
 
 
-async def _export_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tuple[int, float, int | None, dict[
-        str, Any]]:
-    """Write the export cap as WMaxLimPct; (model, W held, reversion programmed, points read back)."""
+@dataclass(frozen=True, slots=True)
+class _ExportHeld:
+    model: int
+    w: float
+    reversion_s: int | None
+    reversion_pct: float | None
+    points: dict[str, Any]
+
+
+async def _export_cap(cap: Cap, controls: SunSpecControls, revert_s: int, fallback_w: float | None) -> _ExportHeld:
+    """Write the export cap as WMaxLimPct (704: with its reversion value); what the device holds afterwards."""
     model = 704 if controls.has(704) else 123
     w_max = await _w_max(controls, model)
     sf_name = "WMaxLimPct_SF"
-    pct = min(100.0, _toward_zero(cap.export_w / w_max * 100.0, _sf((await controls.read_model(model)).points,
-                                                                      sf_name)))
-    result = await controls.limit_active_power_pct(pct, revert_s)
+    sf = _sf((await controls.read_model(model)).points, sf_name)
+    pct = min(100.0, _toward_zero(cap.export_w / w_max * 100.0, sf))
+    revert_pct = None
+    if model == 704 and fallback_w is not None:
+        revert_pct = min(100.0, _toward_zero(max(0.0, fallback_w) / w_max * 100.0, sf))
+    result = await controls.limit_active_power_pct(pct, revert_s, revert_pct=revert_pct)
     held = (await controls.read_model(model)).points
     enable = "WMaxLimPctEna" if model == 704 else "WMaxLim_Ena"
     held_pct = _number(held, "WMaxLimPct")
-    ok = held.get(enable) == 1 and held_pct is not None and abs(held_pct - pct) <= 10.0 ** _sf(held, sf_name) / 2
+    tol = 10.0 ** _sf(held, sf_name) / 2
+    ok = held.get(enable) == 1 and held_pct is not None and abs(held_pct - pct) <= tol
     if not ok:
         raise WriteVerificationError(f"{cap.der_id}: wrote WMaxLimPct {pct:g} % enabled, the device holds "
                                      f"{held_pct} % with {enable} {held.get(enable)}")
     assert held_pct is not None
-    return model, held_pct / 100.0 * w_max, result.reversion_s, {k: held.get(k) for k in ("WMaxLimPct", enable)}
+    names = ["WMaxLimPct", enable]
+    if result.reversion_value is not None:
+        names += ["WMaxLimPctRvrt", "WMaxLimPctEnaRvrt"]
+        held_rvrt = _number(held, "WMaxLimPctRvrt")
+        if held_rvrt is None or abs(held_rvrt - result.reversion_value) > tol or held.get("WMaxLimPctEnaRvrt") != 1:
+            raise WriteVerificationError(f"{cap.der_id}: wrote WMaxLimPctRvrt {result.reversion_value:g} % enabled, "
+                                         f"the device holds {held_rvrt} % with WMaxLimPctEnaRvrt "
+                                         f"{held.get('WMaxLimPctEnaRvrt')}")
+    return _ExportHeld(model, held_pct / 100.0 * w_max, result.reversion_s, result.reversion_value,
+                       {k: held.get(k) for k in names})
 
 
 async def _storage_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tuple[float, float, int | None, dict[
@@ -137,9 +171,12 @@ async def _storage_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tu
     return got_out / 100.0 * w_cha_max, got_in / 100.0 * w_cha_max, revert_s if has_timer else None, points
 
 
-async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, reversion_s: int) -> CapWritten:
+async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, reversion_s: int,
+                    fallback_w: float | None = None, refresh: bool = False) -> CapWritten:
     """Write ``cap`` to its DER (every control it has: export cap and storage limits) and verify it.
 
+    ``fallback_w``: the export limit the DER keeps when the timer runs out (:func:`default_cap`'s), programmed
+    where the device holds a reversion value (704). ``refresh``: the same cap written again to renew its timer.
     Raises :class:`UnsupportedControl` when the device has none of 704, 123, 124 (recorded as ``write-failed``),
     the device's error, or :class:`WriteVerificationError` when it holds something else than was written.
     """
@@ -151,17 +188,18 @@ async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, rev
     models = [m for m, has in ((704 if controls.has(704) else 123, export), (124, storage)) if has]
     await _record(audit, "device-write", der_id=der, command_id=None, action="cap", models=models,
                   export_w=cap.export_w, import_w=cap.import_w, export_binding=cap.export_binding,
-                  import_binding=cap.import_binding, reversion_s=reversion_s)
-    export_model = export_w = discharge = charge = None
+                  import_binding=cap.import_binding, reversion_s=reversion_s, fallback_w=fallback_w, refresh=refresh)
+    export_model = export_w = discharge = charge = reversion_pct = None
     timers: list[int] = []
     points: dict[str, Any] = {}
     try:
         if not models:
             raise UnsupportedControl("the device has none of 704, 123 or 124: it cannot be capped")
         if export:
-            export_model, export_w, timer, got = await _export_cap(cap, controls, reversion_s)
-            timers += [timer] if timer is not None else []
-            points.update(got)
+            got_export = await _export_cap(cap, controls, reversion_s, fallback_w)
+            export_model, export_w, reversion_pct = got_export.model, got_export.w, got_export.reversion_pct
+            timers += [got_export.reversion_s] if got_export.reversion_s is not None else []
+            points.update(got_export.points)
         if storage:
             discharge, charge, timer, got = await _storage_cap(cap, controls, reversion_s)
             timers += [timer] if timer is not None else []
@@ -172,8 +210,10 @@ async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, rev
         raise
     reversion = min(timers) if timers else None
     await _record(audit, "read-back", der_id=der, command_id=None, action="cap", ok=True, export_w=export_w,
-                  discharge_w=discharge, charge_w=charge, reversion_s=reversion, points=points)
-    return CapWritten(der, export_model, export_w, 124 if storage else None, discharge, charge, reversion)
+                  discharge_w=discharge, charge_w=charge, reversion_s=reversion, reversion_pct=reversion_pct,
+                  refresh=refresh, points=points)
+    return CapWritten(der, export_model, export_w, 124 if storage else None, discharge, charge, reversion,
+                      reversion_pct)
 
 
 def cap_differs(old: Cap | None, new: Cap) -> bool:

@@ -4,7 +4,13 @@ It holds the commands received per DER, the envelope from the twin and the devic
 point takes the time (``now``, UNIX s) and returns :class:`Decision` s. A decision whose ``changed`` is True is
 to be written to the device (:func:`~gateway.dispatch.apply_decision`); nothing else is. Order of audit lines:
 ``envelope`` (when the envelope in force changes), ``command-received``, ``decision``; ``command-rejected`` for
-what the inbound verifier refused; ``command-expired`` when a stored command runs out.
+what the inbound verifier refused; ``command-expired`` when a stored command runs out; ``command-withdrawn``
+then ``decision`` when an issuer withdraws commands (:meth:`Dispatcher.withdraw`).
+
+What counts as a change (:func:`setpoint_differs`): another value, a setpoint appearing or going, or an earlier
+expiry. A later expiry alone is not: every certified envelope moves the expiry of a setpoint it bounds, and a new
+envelope with the same clamp result is no news (no decision, nothing to write); the setpoint is updated quietly
+and the owner's refresh renews the device's reversion timer before it runs out.
 
 Synchronous and not thread-safe: call it from one task or thread. Each audit line is fsync'ed before the call
 returns (a few ms); an audit failure raises and nothing is decided (no record, no actuation).
@@ -12,9 +18,10 @@ returns (a few ms); an audit failure raises and nothing is decided (no record, n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +39,9 @@ log = structlog.get_logger("gateway.dispatch")
 
 #: Decision outcomes.
 ACCEPTED, CLAMPED, OVERRULED_OUTCOME, REJECTED, PENDING = "accepted", "clamped", "overruled", "rejected", "pending"
-REVISED, RELEASED = "revised", "released"
+REVISED, RELEASED, WITHDRAWN = "revised", "released", "withdrawn"
+#: Two setpoint values closer than this (W) are the same value (float noise, far below any device's resolution).
+SAME_W = 1e-6
 #: Commands kept per DER (active and pending); more are refused.
 MAX_COMMANDS_PER_DER = 32
 
@@ -42,10 +51,11 @@ class Decision:
     """What dispatch decided for one DER, and why.
 
     ``outcome`` is ``accepted``, ``clamped`` (accepted but bound by a limit), ``overruled`` (another command
-    wins), ``rejected`` (actuates nothing), ``pending`` (valid later), ``revised`` (the setpoint changed without
-    a new command: an expiry, a new envelope) or ``released`` (no active command left). ``setpoint`` is the
-    DER's setpoint after the decision (``None``: none); ``changed`` says whether its value or expiry differs
-    from the one before, i.e. whether there is something to write. ``code`` is a short stable reason for rejections.
+    wins), ``rejected`` (actuates nothing), ``pending`` (valid later), ``revised`` (the setpoint's value changed
+    without a new command: an expiry, a new envelope), ``released`` (no active command left) or ``withdrawn``
+    (its issuer withdrew a command). ``setpoint`` is the DER's setpoint after the decision (``None``: none);
+    ``changed`` says whether there is something to write (:func:`setpoint_differs`). ``code`` is a short stable
+    reason for rejections.
     """
 
     der_id: str
@@ -88,11 +98,16 @@ def _arbitration_fields(arb: Arbitration | None, in_force: InForce) -> dict[str,
     return out
 
 
-def _differs(old: Setpoint | None, new: Setpoint | None) -> bool:
-    """Whether ``new`` needs writing over ``old``: another value, or another expiry (the reversion timer)."""
+def setpoint_differs(old: Setpoint | None, new: Setpoint | None) -> bool:
+    """Whether ``new`` must be written over ``old``: another value, a setpoint appearing or going, or an earlier
+    expiry (a reversion timer programmed for ``old`` would outlast ``new``).
+
+    A later expiry with the same value is not a change: re-writing it only renews the device's timer, which the
+    owner does on its own schedule (a refresh), not on every new envelope.
+    """
     if old is None or new is None:
         return old is not new
-    return (old.w, old.valid_until) != (new.w, new.valid_until)
+    return not math.isclose(old.w, new.w, rel_tol=0.0, abs_tol=SAME_W) or new.valid_until < old.valid_until
 
 
 class Dispatcher:
@@ -166,7 +181,7 @@ class Dispatcher:
                                          self._current.get(der), False, command.command_id), None, in_force)
         arb = self._arbitrate(der, now, in_force)
         assert arb is not None  # the command itself is active
-        changed = _differs(self._current.get(der), arb.setpoint)
+        changed = setpoint_differs(self._current.get(der), arb.setpoint)
         self._current[der] = arb.setpoint
         outcome, why = self._explain(command, arb)
         return self._decide(Decision(der, outcome, why, arb.setpoint, changed, command.command_id), arb, in_force)
@@ -190,20 +205,78 @@ class Dispatcher:
             arb = self._arbitrate(der, now, in_force)
             new = None if arb is None else arb.setpoint
             old = self._current.get(der)
-            if not _differs(old, new):
+            if not setpoint_differs(old, new):
                 if new is not None:
-                    self._current[der] = new  # e.g. a new binding for the same value: nothing to write
+                    self._current[der] = new  # the same value, a later expiry or another binding: nothing to write
                 continue
             if new is None:
                 del self._current[der]
                 decision = Decision(der, RELEASED, "no active command: the DER's control is released", None, True)
             else:
                 self._current[der] = new
-                why = f"{_w(new.w)} ({new.binding}) replaces {_w(old.w) if old else 'no setpoint'}"
+                if old is not None and not setpoint_differs(old, dataclasses.replace(new, valid_until=old.valid_until)):
+                    why = (f"{_w(new.w)} ({new.binding}) now ends {_iso(new.valid_until)}, before "
+                           f"{_iso(old.valid_until)}: re-written so the device's timer does not outlast it")
+                else:
+                    why = f"{_w(new.w)} ({new.binding}) replaces {_w(old.w) if old else 'no setpoint'}"
                 if in_force.default:
                     why += f"; default envelope in force: {in_force.reason}"
                 decision = Decision(der, REVISED, why, new, True, new.command_id)
             out.append(self._decide(decision, arb, in_force))
+        return out
+
+    def withdraw(self, command_ids: Iterable[str], reason: str, now: float, *,
+                 source: str | None = None) -> list[Decision]:
+        """The issuer withdrew ``command_ids`` (e.g. an OpenADR event cancelled or modified): forget them, and
+        decide again for every DER that held one. ``source`` limits it to commands from that channel (an id is
+        unique only per issuer, and a channel cancels only its own).
+
+        Each id is recorded as ``command-withdrawn`` (``held`` false for one dispatch does not hold: expired,
+        refused or never received); then, per DER that lost a command, a ``withdrawn`` decision: the next command
+        in rank takes over, or, with none left, the setpoint is released and the DER goes back to its cap (the
+        envelope in force). The decisions are returned; ``changed`` ones are to be written.
+        """
+        wanted = list(dict.fromkeys(command_ids))
+        in_force = self.in_force(now)
+        gone: dict[str, list[Command]] = {}
+        for der, held in sorted(self._commands.items()):
+            hits = [c for c in held if c.command_id in wanted and (source is None or c.source == source)]
+            if hits:
+                gone[der] = hits
+        found = {c.command_id for hits in gone.values() for c in hits}
+        for der, hits in gone.items():
+            for c in hits:
+                self._audit.record("command-withdrawn", command_id=c.command_id, held=True, reason=reason, der_id=der,
+                                   issuer=c.issuer, authority=c.authority, source=c.source, valid_until=c.valid_until)
+        for cid in wanted:
+            if cid not in found:
+                self._audit.record("command-withdrawn", command_id=cid, held=False, reason=reason, source=source)
+        if len(found) < len(wanted):
+            log.info("withdrawn commands not held", command_ids=[c for c in wanted if c not in found], source=source)
+        out: list[Decision] = []
+        for der, hits in gone.items():
+            kept = [c for c in self._commands.get(der, []) if all(c is not h for h in hits)]
+            if kept:
+                self._commands[der] = kept
+            else:
+                self._commands.pop(der, None)
+            arb = self._arbitrate(der, now, in_force)
+            new = None if arb is None else arb.setpoint
+            old = self._current.get(der)
+            changed = setpoint_differs(old, new)
+            if new is None:
+                self._current.pop(der, None)
+                then = ("no active command left: the setpoint is released, the DER goes back to its cap"
+                        if old is not None else "no active command: nothing was actuating")
+            else:
+                self._current[der] = new
+                who = f"{new.authority.value if new.authority else 'command'} {new.command_id}"
+                then = (f"{who} takes over: {_w(new.w)} ({new.binding})" if changed
+                        else f"the setpoint stays {_w(new.w)} ({new.binding}, {who})")
+            why = f"{', '.join(c.command_id for c in hits)} withdrawn ({reason}); {then}"
+            if in_force.default:
+                why += f"; default envelope in force: {in_force.reason}"
+            out.append(self._decide(Decision(der, WITHDRAWN, why, new, changed, hits[0].command_id), arb, in_force))
         return out
 
     # --- internals ------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ the value raises :class:`WriteVerificationError`. Whenever a limit is written, t
 programmed with it (704 ``*RvrtTms``, 123 ``WMaxLimPct_RvrtTms``, 124 ``InOutWRte_RvrtTms``, 126/705
 ``RvrtTms``), so the inverter falls back by itself if the gateway dies. Model 7xx is preferred over 12x where
 a device has both.
+
+What the device falls back *to*: 704 holds a reversion value beside each timer (``WMaxLimPctRvrt`` with
+``WMaxLimPctEnaRvrt``, ``WSetRvrt`` with ``WSetEnaRvrt``); the caller may program them with the limit
+(``revert_pct`` / ``revert_w``), in the same write as the timer, when the device implements them (all or none).
+123 and 124 have no reversion value: their timers hand the function back to the device's own default (123
+``WMaxLim_Ena`` off: typically uncapped), which nothing written over Modbus can change.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class ControlResult:
     model: int
     points: tuple[str, ...]
     reversion_s: int | None
+    #: the reversion value programmed with the timer, in the point's units (704 ``WMaxLimPctRvrt`` %, ``WSetRvrt``
+    #: W); None when none was asked for or the device has none (123, 124, or the points unimplemented)
+    reversion_value: float | None = None
 
 
 def _group_by_name(group: GroupDef, name: str) -> GroupDef:
@@ -158,27 +167,47 @@ class SunSpecControls:
         return tuple(names)
 
     async def _with_timer(self, model_id: int, settings: Mapping[str, Any], timer: str, revert_s: int,
-                          enable: Mapping[str, Any], path: GroupPath = ()) -> ControlResult:
-        """Settings (with the reversion timer, when the device implements it), then the enable flags."""
+                          enable: Mapping[str, Any], path: GroupPath = (),
+                          reversion: Mapping[str, Any] | None = None) -> ControlResult:
+        """Settings (with the reversion timer, when the device implements it), then the enable flags.
+
+        ``reversion``: top-level points that say what the device reverts to (the first one is the value
+        reported in the result), written with the timer when the device implements every one of them.
+        """
         if revert_s <= 0:
             raise ValueError("a limit needs a positive reversion time: the device must fall back if we die")
         block = await self.read_model(model_id)
         has_timer = block.points.get(timer) is not None  # a timer reading as the sentinel is not implemented
         writes: list[tuple[GroupPath, Mapping[str, Any]]] = [(path, settings)]
+        top: dict[str, Any] = {}
         if has_timer:  # timers sit at the model's top level, settings maybe in a group
-            writes.append(((), {timer: revert_s}))
+            top[timer] = revert_s
+        programmed = bool(reversion) and all(block.points.get(name) is not None for name in reversion or {})
+        if programmed and reversion:
+            top.update(reversion)
+        if top:
+            writes.append(((), top))
         done = await self.write_many(model_id, writes)
         done += await self.write_points(model_id, enable)
-        return ControlResult(model_id, done, revert_s if has_timer else None)
+        value = float(next(iter(reversion.values()))) if programmed and reversion else None
+        return ControlResult(model_id, done, revert_s if has_timer else None, value)
 
     # --- active power -------------------------------------------------------------------------------------
-    async def limit_active_power_pct(self, pct: float, revert_s: int) -> ControlResult:
-        """Curtail output to ``pct`` % of WMax (704 WMaxLimPct, else 123 WMaxLimPct)."""
+    async def limit_active_power_pct(self, pct: float, revert_s: int, *,
+                                     revert_pct: float | None = None) -> ControlResult:
+        """Curtail output to ``pct`` % of WMax (704 WMaxLimPct, else 123 WMaxLimPct).
+
+        ``revert_pct``: on 704, the limit (% of WMax) the device keeps, enabled, when the timer runs out
+        (``WMaxLimPctRvrt``, ``WMaxLimPctEnaRvrt`` = 1). 123 has no such point: its timer disables the limit.
+        """
         if not 0.0 <= pct <= 100.0:
             raise ValueError(f"active power limit {pct} % is outside 0..100")
+        if revert_pct is not None and not 0.0 <= revert_pct <= 100.0:
+            raise ValueError(f"reversion limit {revert_pct} % is outside 0..100")
         if self.has(704):
+            reversion = None if revert_pct is None else {"WMaxLimPctRvrt": revert_pct, "WMaxLimPctEnaRvrt": ENABLED}
             return await self._with_timer(704, {"WMaxLimPct": pct}, "WMaxLimPctRvrtTms", revert_s,
-                                          {"WMaxLimPctEna": ENABLED})
+                                          {"WMaxLimPctEna": ENABLED}, reversion=reversion)
         if self.has(123):
             return await self._with_timer(123, {"WMaxLimPct": pct}, "WMaxLimPct_RvrtTms", revert_s,
                                           {"WMaxLim_Ena": ENABLED})
@@ -191,10 +220,19 @@ class SunSpecControls:
             return ControlResult(123, await self.write_points(123, {"WMaxLim_Ena": 0}), None)
         raise UnsupportedControl("the device has neither model 704 nor 123")
 
-    async def set_active_power_w(self, watts: float, revert_s: int) -> ControlResult:
-        """An active power setpoint in W (704 WSet; negative charges a storage device)."""
+    async def set_active_power_w(self, watts: float, revert_s: int, *, revert_w: float | None = None,
+                                 revert_enabled: bool = False) -> ControlResult:
+        """An active power setpoint in W (704 WSet; negative charges a storage device).
+
+        ``revert_w``: what ``WSet`` becomes when the timer runs out (``WSetRvrt``), with ``WSetEnaRvrt`` =
+        ``revert_enabled``: off (the default) hands the device back to its limits when the setpoint lapses.
+        """
+        if not self.has(704):
+            return _unsupported("WSet", 704)
+        reversion = None if revert_w is None else {"WSetRvrt": revert_w,
+                                                   "WSetEnaRvrt": ENABLED if revert_enabled else 0}
         return await self._with_timer(704, {"WSetMod": WATTS, "WSet": watts}, "WSetRvrtTms", revert_s,
-                                      {"WSetEna": ENABLED}) if self.has(704) else _unsupported("WSet", 704)
+                                      {"WSetEna": ENABLED}, reversion=reversion)
 
     # --- storage ------------------------------------------------------------------------------------------
     async def set_storage_rate_pct(self, pct: float, revert_s: int) -> ControlResult:
