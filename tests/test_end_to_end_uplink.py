@@ -44,7 +44,7 @@ from gateway.uplink import (
 from tests.devices.conftest import free_port
 from tests.uplink._broker import Broker
 from tests.uplink._headend import HeadEnd
-from tests.uplink._openadr_fixtures import InProcessVtn, openadr_fp
+from tests.uplink._openadr_fixtures import InProcessVtn, openadr_fp, until
 from tests.uplink.conftest import headend, mosquitto  # noqa: F401  (fixtures: a real broker and head-ends)
 
 pytestmark = pytest.mark.slow
@@ -102,14 +102,6 @@ class Rig:
                           target_w=target_w, valid_from=now - 1, valid_until=now + 60, source="test")
         message = CommandMessage.from_command(command, seq=seq, issued_at=now, gateway=self.broker.gateway_id)
         return command.command_id, sign_message(self.signer, message)
-
-
-async def until(predicate: Callable[[], object], within_s: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def points(port: int, model: int) -> dict[str, Any]:
