@@ -55,9 +55,13 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output (a stable interface)")
 
 
+_FEEDER_HELP = ("a gridedge feeder file (.toml/.json), an OpenDSS master file (.dss), or a bundled feeder: "
+                "builtin:case33bw, builtin:ieee-european-lv")
+
+
 def _add_twin_options(p: argparse.ArgumentParser, ders: str) -> None:
     """The options ``twin envelope`` and ``twin hosting`` share."""
-    p.add_argument("feeder", help="a gridedge feeder file (.toml/.json) or an OpenDSS master file (.dss)")
+    p.add_argument("feeder", help=_FEEDER_HELP)
     p.add_argument("--der", action="append", default=[], metavar="ID@BUS[:RATING_KW]", help=f"{ders}; repeatable")
     p.add_argument("--policy", choices=["equal", "proportional", "max-total"], default="equal",
                    help="how the room is shared: the same kW each (default), the same fraction of rating, or the "
@@ -105,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("twin", help="the feeder twin: solve a feeder model")
     twin = p.add_subparsers(dest="twin_command", required=True)
     p = twin.add_parser("solve", help="AC power flow of a feeder at its base case (DERs at 0 W)")
-    p.add_argument("feeder", help="a gridedge feeder file (.toml/.json) or an OpenDSS master file (.dss)")
+    p.add_argument("feeder", help=_FEEDER_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output (a stable interface)")
     p = twin.add_parser("envelope", help="certified export/import limits of every DER, AC-checked at once")
     _add_twin_options(p, "the DERs (besides the feeder's own)")
@@ -254,10 +258,11 @@ async def _twin_solve(args: argparse.Namespace) -> int:
     """``gridedge twin solve FEEDER [--json]``: exit 4 with the feeder's issues when it cannot be used."""
     import math
 
-    from gateway.twin import FeederError, PowerFlow, load_feeder  # numpy and power-grid-model: only when needed
+    from gateway.segment import open_feeder  # numpy and power-grid-model: only when needed
+    from gateway.twin import FeederError, PowerFlow
 
     def solve() -> tuple[Any, Any]:
-        feeder = load_feeder(args.feeder)
+        feeder = open_feeder(args.feeder)
         return feeder, PowerFlow(feeder).solve()
 
     try:
@@ -299,9 +304,10 @@ def _twin_feeder(args: argparse.Namespace) -> Any:
     A bad ``--der`` is a FeederError naming the DER and what is wrong with it."""
     import math
 
-    from gateway.twin import FeederError, FeederIssue, load_feeder, with_ders
+    from gateway.segment import open_feeder
+    from gateway.twin import FeederError, FeederIssue, with_ders
 
-    feeder = load_feeder(args.feeder)
+    feeder = open_feeder(args.feeder)
     if not args.der:
         return feeder
     ids, buses, ratings, issues = [], [], [], []

@@ -53,3 +53,5 @@ def configure(level: str = "info", *, json: bool | None = None, stream: TextIO |
     logging.getLogger("pymodbus").setLevel(max(numeric, logging.WARNING))
     # openleadr forces its logger to INFO and logs every report value: only its warnings.
     logging.getLogger("openleadr").setLevel(max(numeric, logging.WARNING))
+    # pandapower says at INFO on import that plotly is missing: not the operator's concern.
+    logging.getLogger("pandapower").setLevel(max(numeric, logging.WARNING))

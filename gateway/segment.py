@@ -26,6 +26,8 @@ from gateway.twin import (
     EnvelopeRequest,
     EnvelopeResult,
     Feeder,
+    FeederError,
+    FeederIssue,
     Policy,
     PowerFlow,
     TwinError,
@@ -50,7 +52,8 @@ def builtin_feeder(name: str) -> Feeder:
         return from_pandapower(pn.case33bw())
     if name == "ieee-european-lv":
         return from_pandapower(pn.ieee_european_lv_asymmetric("on_peak_566"))
-    raise ValueError(f"no bundled feeder {name!r}")
+    raise FeederError([FeederIssue("feeder", "", (), f"no bundled feeder {name!r}: use builtin:case33bw or "
+                                               "builtin:ieee-european-lv")], f"builtin:{name}")
 
 
 def open_feeder(spec: str) -> Feeder:

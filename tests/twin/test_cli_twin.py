@@ -232,3 +232,17 @@ def test_hosting_of_the_feeder_files_own_ders_and_a_phase(tmp_path: Path, capsys
     for k, bus in enumerate(("n8", "n5")):
         assert document["buses"][bus]["hosting_kw"] == pytest.approx(expected.export_w[k] / 1e3)
         assert document["buses"][bus]["binding"] == expected.export_binding[k]
+
+
+def test_the_bundled_feeders_solve_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user has no feeder file: ``builtin:case33bw`` is Baran-Wu from pandapower, with its published answer."""
+    needs("pandapower")
+    code, out, _ = run(capsys, "twin", "solve", "builtin:case33bw", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["converged"]
+    assert res["losses_kw"] == pytest.approx(202.67, abs=0.1)
+    assert res["vmin_pu"] == pytest.approx(0.9131, abs=1e-4)
+    code, _, err = run(capsys, "twin", "solve", "builtin:case34")
+    assert code == 4
+    assert "builtin:case33bw" in err  # the fix is named
