@@ -1,10 +1,11 @@
 """What an AC solve must show to certify an envelope: limits minus margins, under the worst-case loads.
 
 Owns :class:`Criteria` (the limits, the safety margin and the load bound a request states), its resolution
-against one feeder and operating point (:func:`resolve` -> :class:`Check`), and the reading of a batch of
-AC solves against it (:func:`judge`): per scenario, the three constraint margins (voltage high, voltage low,
-loading; <= 0 means inside), the worst values seen (:func:`worst_values`) and, in words, what binds or fails
-(:func:`describe`, :func:`failure`). Pure: arrays in, arrays out.
+against one feeder and operating point (:func:`resolve` -> :class:`Check`; :func:`resolved` keeps it with the
+engine for the next cycle), and the reading of a batch of AC solves against it (:func:`judge`): per scenario,
+the three constraint margins (voltage high, voltage low, loading; <= 0 means inside), the worst values seen
+(:func:`worst_values`) and, in words, what binds or fails (:func:`describe`, :func:`failure`). Pure: arrays in,
+arrays out.
 
 Worst-case loads. An envelope must hold for every load inside its interval; voltage rise and reverse flow are
 worst at the **minimum** load (the export check) and voltage drop and forward flow at the **maximum** load (the
@@ -17,6 +18,7 @@ to ``(1.0, 1.0)`` to treat loads without an interval as measured.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +136,32 @@ def resolve(criteria: Criteria, feeder: Feeder, *, load_p_w: ArrayLike | None = 
                  np.stack([p_lo, p_hi]), np.stack([q_lo, q_hi]), source_v_pu)
 
 
+def _frozen(*arrays: FloatArray) -> None:
+    """Kept arrays are shared between calls: read-only."""
+    for array in arrays:
+        array.setflags(write=False)
+
+
+def _array_key(value: ArrayLike | None) -> Hashable:
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=FLOAT)
+    return array.shape, array.tobytes()
+
+
+def resolved(engine: PowerFlow, criteria: Criteria, *, load_p_w: ArrayLike | None = None,
+             load_q_var: ArrayLike | None = None, source_v_pu: float | None = None) -> Check:
+    """:func:`resolve` for ``engine``'s feeder, kept by the engine for the next call at the same operating point
+    (:meth:`PowerFlow.derived`): a gateway certifies the same criteria at each cycle."""
+
+    def build() -> Check:
+        check = resolve(criteria, engine.feeder, load_p_w=load_p_w, load_q_var=load_q_var, source_v_pu=source_v_pu)
+        _frozen(check.load_p_w, check.load_q_var)
+        return check
+
+    return engine.derived(("check", criteria, _array_key(load_p_w), _array_key(load_q_var), source_v_pu), build)
+
+
 def solve_rows(engine: PowerFlow, check: Check, direction: NDArray[np.intp], der_p_w: FloatArray) -> FlowResult:
     """One batched AC solve: scenario ``k`` has the DER output ``der_p_w[k]`` and the worst-case loads of
     ``direction[k]``."""
@@ -147,9 +175,11 @@ def judge(check: Check, res: FlowResult) -> FloatArray:
     A scenario passes when all three are <= 0 (:func:`passes`). Unrated feeders have loading margin -inf;
     scenarios that did not converge have +inf everywhere (they never pass).
     """
-    loading = np.where(np.isnan(res.max_loading), -np.inf, res.max_loading)
-    margins = np.stack([res.vmax_pu - check.v_high, check.v_low - res.vmin_pu, loading - check.loading_high],
-                       axis=1)
+    margins = np.empty((res.scenarios, 3))
+    np.subtract(res.vmax_pu, check.v_high, out=margins[:, 0])
+    np.subtract(check.v_low, res.vmin_pu, out=margins[:, 1])
+    np.subtract(res.max_loading, check.loading_high, out=margins[:, 2])
+    margins[np.isnan(res.max_loading), 2] = -np.inf
     margins[~res.converged] = np.inf
     return margins
 
@@ -167,15 +197,39 @@ def observables(engine: PowerFlow, res: FlowResult) -> FloatArray:
     return np.concatenate([v, res.line_loading, res.trafo_loading], axis=1)
 
 
-def bounds(engine: PowerFlow, check: Check) -> tuple[FloatArray, FloatArray]:
-    """Lower and upper limits ``(n_obs,)`` of :func:`observables` (margins and the numeric guard applied)."""
+def _counts(engine: PowerFlow) -> tuple[int, int]:
+    """How many of :func:`observables` are voltages, and how many loadings."""
     feeder = engine.feeder
-    n_v = len(feeder.buses) * (1 if engine.symmetric else 3)
-    n_l = len(feeder.lines) + len(feeder.transformers)
-    g = NUMERIC_GUARD
-    lower = np.concatenate([np.full(n_v, check.v_low + g), np.full(n_l, -np.inf)])
-    upper = np.concatenate([np.full(n_v, check.v_high - g), np.full(n_l, check.loading_high - g)])
-    return lower, upper
+    n_v = feeder.buses.name.size * (1 if engine.symmetric else 3)
+    return n_v, feeder.lines.name.size + feeder.transformers.name.size
+
+
+def bounds(engine: PowerFlow, check: Check, guard: float = NUMERIC_GUARD) -> tuple[FloatArray, FloatArray]:
+    """Lower and upper limits ``(n_obs,)`` of :func:`observables` (margins and ``guard`` applied: 0 for where the
+    check itself passes; kept by the engine: the caller must not modify them)."""
+
+    def build() -> tuple[FloatArray, FloatArray]:
+        n_v, n_l = _counts(engine)
+        g = guard
+        lower = np.concatenate([np.full(n_v, check.v_low + g), np.full(n_l, -np.inf)])
+        upper = np.concatenate([np.full(n_v, check.v_high - g), np.full(n_l, check.loading_high - g)])
+        _frozen(lower, upper)
+        return lower, upper
+
+    return engine.derived(("bounds", check.v_low, check.v_high, check.loading_high, guard), build)
+
+
+def fit_powers(engine: PowerFlow) -> FloatArray:
+    """The power each of :func:`observables` is fitted in by :func:`gateway.twin._sensitivity.quadratic_step`
+    ``(n_obs,)``: 4 for voltages, 2 for loadings (kept by the engine: the caller must not modify it)."""
+
+    def build() -> FloatArray:
+        n_v, n_l = _counts(engine)
+        powers = np.concatenate([np.full(n_v, 4.0), np.full(n_l, 2.0)])
+        _frozen(powers)
+        return powers
+
+    return engine.derived(("fit powers",), build)
 
 
 def search_cap_w(check: Check) -> float:

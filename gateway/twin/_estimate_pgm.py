@@ -311,6 +311,11 @@ class SeModel:
         return self._output(result, failed)
 
     def _output(self, result: Any, failed: NDArray[np.bool_]) -> SeOutput:
+        # power-grid-model leaves a failed scenario's outputs unset (garbage): computed, then set to NaN below.
+        with np.errstate(all="ignore"):
+            return self._output_of(result, failed)
+
+    def _output_of(self, result: Any, failed: NDArray[np.bool_]) -> SeOutput:
         sym, layout = self.symmetric, self.layout
         rows = failed.shape[0]
 

@@ -1,7 +1,9 @@
 """AC power flow over a feeder: the engine the state estimator and the envelope build on.
 
-Owns :class:`PowerFlow` (a power-grid-model Newton-Raphson model built once per feeder, solving batches of
-scenarios) and :class:`FlowResult` (what a batch solve returns). Pure: no I/O, no clocks, no threads.
+Owns :class:`PowerFlow` (a power-grid-model model built once per feeder, solving batches of scenarios by
+iterative current on radial feeders and Newton-Raphson on meshed ones or where iterative current does not
+converge: :class:`FlowOptions`) and :class:`FlowResult` (what a batch solve returns). Pure: no I/O, no clocks,
+no threads.
 
 Usage::
 
@@ -28,16 +30,19 @@ costs only the difference between two pieces that meet there).
 Balanced feeders (every load and DER three-phase) use the symmetric calculation, others the asymmetric one.
 
 Speed (2-core machine, CPU medians; ``python -m tests.benchmarks.bench_twin`` prints our figures beside OpenDSS):
-the Baran-Wu 33-bus feeder ~0.08 ms for ``solve()``, ~0.17 ms for one changed scenario with all its results, ~35 us
-more per scenario in a batch (Newton-Raphson; ~18 us with ``iterative_current``); the IEEE European LV feeder
-(asymmetric, its 907 buses solved as 111) ~0.4 ms for ``solve()``, ~0.9 ms for one changed scenario, ~0.45 ms more
+the Baran-Wu 33-bus feeder ~0.07 ms for ``solve()``, ~0.15 ms for one changed scenario with all its results, ~15 us
+more per scenario in a batch (iterative current; ~30 us with Newton-Raphson); the IEEE European LV feeder
+(asymmetric, its 907 buses solved as 111) ~0.3 ms for ``solve()``, ~0.65 ms for one changed scenario, ~0.2 ms more
 per scenario in a batch. An engine reuses preallocated update/output buffers per batch size and remembers recent
 load regimes, and is therefore not thread-safe: use one engine per thread.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -51,6 +56,9 @@ from gateway.twin._reduce import ExpandScratch, reduce_feeder
 from gateway.twin._validate import assert_valid_feeder
 
 FloatArray = NDArray[np.float64]
+T = TypeVar("T")
+#: The values of :attr:`FlowOptions.method`.
+METHODS = ("auto", "newton_raphson", "iterative_current")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +70,17 @@ class FlowOptions:
     max_load_passes: int = 8
     fast_path: bool = True
     reduce: bool = True  # solve the exact reduction (gateway.twin._reduce); False: the feeder as given
-    #: power-grid-model's method: "newton_raphson", or "iterative_current" (faster in batches: it factorises the
-    #: admittance matrix once; scenarios it does not converge are re-solved with Newton-Raphson).
-    method: str = "newton_raphson"
+    #: power-grid-model's method: "newton_raphson"; "iterative_current" (about twice as fast per scenario: it
+    #: factorises the admittance matrix once per batch; scenarios it does not converge within ``max_iterations``
+    #: are re-solved with Newton-Raphson); "auto": iterative current on a radial feeder, Newton-Raphson on a meshed
+    #: one. Iterative current converges linearly, so it is held to a hundredth of ``error_tolerance``
+    #: (:data:`gateway.twin._pgm.ITERATIVE_TIGHTER`): on the Baran-Wu and European LV feeders the two then agree to
+    #: ~1e-11 pu (voltages) and their envelopes to ~1e-8 (relative; the envelope's tolerance is 2e-3).
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ScenarioError(f"FlowOptions.method: expected one of {', '.join(METHODS)}, got {self.method!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +235,11 @@ class PowerFlow:
         self.reduction = None if reduction is None or reduction.trivial else reduction
         self._solved = feeder if self.reduction is None else self.reduction.feeder
         self.symmetric = feeder.balanced
+        method = self.options.method
+        if method == "auto":  # connected (validated): radial when there is one branch fewer than buses
+            radial = len(feeder.lines) + len(feeder.transformers) == len(feeder.buses) - 1
+            method = "iterative_current" if radial else "newton_raphson"
+        self._method = method
         loads = self._solved.loads
         self._n_bus, self._n_line = len(self._solved.buses), len(self._solved.lines)
         self._n_trafo, self._n_load, self._n_der = len(self._solved.transformers), len(loads), len(feeder.ders)
@@ -262,8 +283,26 @@ class PowerFlow:
         self._base_ready = True
         self._build()
         self._memory = _RegimeMemory(self._base_regime, feeder.source.v_pu, loads.p_w, self._n_der)
+        self._derived: OrderedDict[Hashable, Any] = OrderedDict()
 
     # -- public API -----------------------------------------------------------------------------------------
+    #: Values kept by :meth:`derived` (the latest used).
+    DERIVED_SIZE = 16
+
+    def derived(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, kept under ``key`` for the next call with an equal key: for values that ``key`` and this
+        engine's feeder (immutable) determine alone, such as a check resolved at an operating point. Callers
+        must not modify what it returns."""
+        cache = self._derived
+        if key in cache:
+            cache.move_to_end(key)
+            value: T = cache[key]
+            return value
+        value = cache[key] = build()
+        if len(cache) > self.DERIVED_SIZE:
+            cache.popitem(last=False)
+        return value
+
     @property
     def layout(self) -> PgmLayout:
         """Where the solved (reduced) feeder's elements sit in the power-grid-model model."""
@@ -354,7 +393,7 @@ class PowerFlow:
             layout.input_data[layout.load_type]["q_specified"] = q[0]
         self._runner = Runner(layout, self.feeder.frequency_hz, error_tolerance=self.options.error_tolerance,
                               max_iterations=self.options.max_iterations, fast=self.options.fast_path,
-                              angles=self.reduction is not None, method=self.options.method)
+                              angles=self.reduction is not None, method=self._method)
 
     def _set_base(self, regime: NDArray[np.int8]) -> None:
         """The base case's regimes ``(n_load, phases)``, and what a batch starting from them uses."""
@@ -399,6 +438,13 @@ class PowerFlow:
             ws.source_u[:, 0] = sc.source[rows]
 
     def _collect(self, ws: Workspace, rows: NDArray[np.intp] | slice, failed: NDArray[np.bool_], raw: _Raw) -> None:
+        if failed.any():  # power-grid-model leaves a failed scenario's outputs unset: any bits, NaN'd in _result
+            with np.errstate(all="ignore"):
+                self._gather(ws, rows, failed, raw)
+        else:
+            self._gather(ws, rows, failed, raw)
+
+    def _gather(self, ws: Workspace, rows: NDArray[np.intp] | slice, failed: NDArray[np.bool_], raw: _Raw) -> None:
         sym, out = self.symmetric, ws.out
         node = out[ComponentType.node]
         u = node["u_pu"]
@@ -485,6 +531,12 @@ class PowerFlow:
         return raw, passes
 
     def _result(self, raw: _Raw, passes: int) -> FlowResult:
+        if raw.failed.any():  # their rows hold whatever power-grid-model left there until NaN'd below
+            with np.errstate(all="ignore"):
+                return self._assemble(raw, passes)
+        return self._assemble(raw, passes)
+
+    def _assemble(self, raw: _Raw, passes: int) -> FlowResult:
         size = raw.failed.shape[0]
         failed = raw.failed
         phases = self._phases

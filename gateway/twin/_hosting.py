@@ -8,9 +8,10 @@ the same direction and the loads at the worst end of their interval, keeps the s
 
 Method: the holders' envelope first (given, or :func:`gateway.twin.certify_envelope`); then ONE engine of the
 feeder with a hosting DER at every candidate bus (each scenario sets only its own), one batched AC solve of
-every bus at one step gives each bus's linear estimate, and :func:`gateway.twin._search.bracket` corrects
-them all in the same batches (one line per bus and direction) until each is bracketed to ``rtol``. A bus's
-answer is the highest level an AC solve passed there.
+every bus at two steps gives each bus's quadratic estimate (:func:`gateway.twin._sensitivity.quadratic_estimate`,
+as the envelope's), and :func:`gateway.twin._search.bracket` corrects them all in the same batches (one line per
+bus and direction) until each is bracketed to ``rtol``. A bus's answer is the highest level an AC solve passed
+there.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.twin._criteria import (
     bounds,
     describe,
     failure,
+    fit_powers,
     judge,
     observables,
     passes,
@@ -41,7 +43,7 @@ from gateway.twin._feeder import FLOAT, Feeder, Phase
 from gateway.twin._flow import FlowOptions, FlowResult, PowerFlow
 from gateway.twin._outcome import Work
 from gateway.twin._search import Bracket, bracket
-from gateway.twin._sensitivity import linear_step, with_ders
+from gateway.twin._sensitivity import linear_step, quadratic_estimate, with_ders
 
 FloatArray = NDArray[np.float64]
 
@@ -174,25 +176,35 @@ def hosting_capacity(feeder: Feeder, request: HostingRequest | None = None, *,
         return result
 
     cap = search_cap_w(check)
-    step = min(max(0.02 * float(np.abs(check.load_p_w).sum(axis=1).max()), 1e3), 0.5 * cap)
+    step = min(max(0.02 * float(np.abs(check.load_p_w).sum(axis=1).max()), 1e3), 0.25 * cap)
     lines = np.arange(2 * m, dtype=np.intp)
     base = np.zeros((2, n_held + m))
     base[:, :n_held] = SIGN[:, None] * held_w
-    first = solve_rows(engine, check, np.concatenate([np.arange(2, dtype=np.intp), line_dir]),
-                       np.concatenate([base, outputs(lines, np.full(2 * m, step))]))
+    # Rows: each direction without a new DER, then every line at s, then every line at 2 s.
+    first = solve_rows(engine, check, np.concatenate([np.arange(2, dtype=np.intp), line_dir, line_dir]),
+                       np.concatenate([base, outputs(lines, np.full(2 * m, step)),
+                                       outputs(lines, np.full(2 * m, 2 * step))]))
     work.add(first.scenarios)
     x = observables(engine, first)
     lower, upper = bounds(engine, check)
-    t_lin, _ = linear_step(x[line_dir], x[2:], np.full(2 * m, step), lower, upper)
+    t_lin, _ = linear_step(x[line_dir], x[2 : 2 + 2 * m], np.full(2 * m, step), lower, upper)
+    nodes = np.stack([line_dir, 2 + lines, 2 + 2 * m + lines], axis=1)
+    # Where the check itself fails (no numeric guard: within a few W of the limit it would move the estimate).
+    fitted, spread = quadratic_estimate(np.tile([0.0, step, 2 * step], (2 * m, 1)), x[nodes],
+                                        *bounds(engine, check, 0.0), fit_powers(engine))
+    estimate = np.where(np.isfinite(fitted), fitted, t_lin)  # none: the linear one (spread NaN: tried as such)
     margins_all = judge(check, first)
-    guess = np.clip(np.where(np.isfinite(t_lin), t_lin, cap), 1e-3 * cap, cap)
+    guess = np.clip(np.where(np.isfinite(estimate), estimate, cap), 1e-9 * cap, cap)
+    seed_rows = nodes[:, 1:]
+    seed = (np.tile([step, 2 * step], (2 * m, 1)), margins_all[seed_rows], seed_rows)
 
     def evaluate(line: NDArray[np.intp], level: FloatArray) -> tuple[FlowResult, FloatArray]:
         res = solve_rows(engine, check, line_dir[line], outputs(line, level))
         return res, judge(check, res)
 
     found = bracket(evaluate, guess, np.full(2 * m, cap), margins_all[line_dir], line_dir.copy(), [first],
-                    rtol=request.rtol, atol=np.full(2 * m, 1e-9 * cap), max_batches=request.max_batches)
+                    rtol=request.rtol, atol=np.full(2 * m, 1e-9 * cap), max_batches=request.max_batches, seed=seed,
+                    spread=spread)
     work.add(found.solves, len(found.results) - 1)
     ok0 = passes(margins_all[:2])
     reasons = [None if ok0[d] else f"{DIRECTIONS[d]}: fails with the holders at their limits and no new DER: "
@@ -207,7 +219,7 @@ def hosting_capacity(feeder: Feeder, request: HostingRequest | None = None, *,
         vmin_limit_pu=check.vmin_pu, vmax_limit_pu=check.vmax_pu, loading_limit=check.max_loading,
         margin_v_pu=request.criteria.margin_v_pu, margin_loading=request.criteria.margin_loading,
         load_bound=request.criteria.load_bound,
-        method=(f"linear estimate from 1 batch of finite-difference AC solves (one per bus and direction), AC "
+        method=(f"quadratic estimate from 1 batch of finite-difference AC solves (two per bus and direction), AC "
                 f"bracketing to rtol {request.rtol:g} in {work.batches - 1} more; {work.solves} AC scenarios "
                 f"in all"),
         ac_solves=work.solves, batches=work.batches,

@@ -16,6 +16,9 @@ Bisection (equal policy: every DER at ``min(level, rating)``): the level 0 must 
 certified), the largest rating is tried next, then the bracket is halved until ``hi <= lo * (1 + rtol)``, the
 envelope's own stopping rule. Every step is a full OpenDSS ``Solve`` (warm-started from the previous solution, at
 OpenDSS's default tolerance, as OpenDSS is normally run).
+
+Replay (:meth:`OpenDssFeeder.replay`): the scenarios another search solved, one by one, judged the same way: the
+engines compared on the same AC work.
 """
 
 from __future__ import annotations
@@ -265,6 +268,22 @@ class OpenDssFeeder:
     def envelope(self, problem: Problem) -> tuple[Bisection, Bisection]:
         """Export and import, each from the operating point's source voltage."""
         return self.bisect(problem, 0), self.bisect(problem, 1)
+
+    def replay(self, scenarios: list[tuple[FloatArray, FloatArray, FloatArray]], problem: Problem) -> int:
+        """Solve and judge, one by one, scenarios given as batches of DER outputs (W, + export) and load P and Q
+        ``(S, n)`` each (the loads set only when they change); how many passed."""
+        passed = 0
+        last: FloatArray | None = None
+        for der, p, q in scenarios:
+            for k in range(der.shape[0]):
+                if last is None or not np.array_equal(p[k], last):
+                    self.set_loads(p[k], q[k])
+                    last = p[k]
+                self.set_ders(der[k])
+                converged, vmax, vmin, loading = self.worst()
+                passed += converged and vmax <= problem.v_high and vmin >= problem.v_low and not (
+                    loading > problem.loading_high)
+        return passed
 
     def operating_point(self) -> FloatArray:
         """One power flow at the operating point: nominal loads, every DER at 0 W."""
