@@ -52,3 +52,7 @@ def events(path: Path, *names: str) -> list[dict[str, Any]]:
 
 
 INF = math.inf
+
+
+#: The certified envelope most dispatch tests start from.
+CERTIFIED = envelope({"inv-1": (4000, 0), "bat-1": (2500, 2000)})

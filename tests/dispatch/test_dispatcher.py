@@ -6,7 +6,6 @@ leaves ``changed`` False (nothing to write).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,7 @@ from gateway.audit import AuditLog, verify_log
 from gateway.dispatch import MAX_COMMANDS_PER_DER, Dispatcher
 from gateway.errors import AuditLogError, CommandRejected
 
-from ._helpers import AGG, GO, LOCAL, NOW, command, envelope, events, policy
-
-CERTIFIED = envelope({"inv-1": (4000, 0), "bat-1": (2500, 2000)})
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
-def audit(log_path: Path) -> Iterator[AuditLog]:
-    with AuditLog.open(log_path) as log:
-        yield log
-
-
-@pytest.fixture
-def dispatcher(audit: AuditLog) -> Dispatcher:
-    d = Dispatcher(policy(), audit)
-    d.set_envelope(CERTIFIED, NOW)
-    return d
+from ._helpers import AGG, CERTIFIED, GO, LOCAL, NOW, command, envelope, events, policy
 
 
 def _decision_of(path: Path, command_id: str) -> dict:

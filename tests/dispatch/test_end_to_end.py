@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +39,6 @@ class Rig:
     audit: AuditLog
     log_path: Path
     dispatcher: Dispatcher
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
-def audit(log_path: Path) -> Iterator[AuditLog]:
-    with AuditLog.open(log_path) as log:
-        yield log
 
 
 @contextlib.asynccontextmanager

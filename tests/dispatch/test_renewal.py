@@ -8,7 +8,7 @@ Unit tests on the dispatcher, then the daemon's control side against a simulated
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,18 +24,6 @@ from gateway.sunspec import SunSpecReader, discover
 from gateway.types import Setpoint
 
 from ._helpers import AGG, GO, NOW, command, envelope, events, policy
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
-def audit(log_path: Path) -> Iterator[AuditLog]:
-    with AuditLog.open(log_path) as log:
-        yield log
-
 
 # --- what counts as a change -------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +27,7 @@ from gateway.sunspec import SunSpecReader, discover
 from tests.devices.conftest import free_port
 from tests.uplink._openadr_fixtures import InProcessVtn, openadr_fp, real_power_kw, until
 
-from ._helpers import AGG, GO, LOCAL, NOW, command, envelope, events, policy
-
-CERTIFIED = envelope({"inv-1": (4000, 0), "bat-1": (2500, 2000)})
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
-def audit(log_path: Path) -> Iterator[AuditLog]:
-    with AuditLog.open(log_path) as log:
-        yield log
-
-
-@pytest.fixture
-def dispatcher(audit: AuditLog) -> Dispatcher:
-    d = Dispatcher(policy(), audit)
-    d.set_envelope(CERTIFIED, NOW)
-    return d
+from ._helpers import AGG, GO, LOCAL, NOW, command, events, policy
 
 
 def test_the_next_command_in_rank_takes_over(dispatcher: Dispatcher, log_path: Path) -> None:
