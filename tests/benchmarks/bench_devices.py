@@ -55,6 +55,7 @@ from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 from gateway.devices import Fleet, Poller, Reading, SunSpecDevice, TcpEndpoint, UnitIO
 from gateway.sim import image_from_dump, image_from_models
 from gateway.sunspec import Span, decode_block, decode_bytes, model_def, plan_reads
+from tests.benchmarks._table import Row, render
 from tests.devices.bench_transport import COUNT, _BareClient, _bench_clients, _server_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,18 +86,6 @@ QUICK = Settings(rounds=3, reads=60, requests=1000, decode_number=5000, fleet_si
                  fleet_settle_s=1.5, fleet_window_s=2.5)
 
 
-@dataclass(slots=True)
-class Row:
-    """One line of the table: our figure, the reference's, and the target's verdict (``None``: no target)."""
-
-    figure: str
-    ours: str
-    reference: str
-    ratio: str = ""
-    target: str = ""
-    passed: bool | None = None
-    key: str = ""  # non-empty: this row is a target of the summary
-    notes: list[str] = field(default_factory=list)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -522,34 +511,6 @@ def build_rows(reads: list[ReadFigures], decode: DecodeFigures, requests: dict[s
                          f"bare {' '.join(f'{c:.3f}' for c in f.bare_core)}")
         rows.append(row)
     return rows
-
-
-def _result(row: Row) -> str:
-    if not row.key:
-        return "-"
-    return "SKIP" if row.passed is None else ("PASS" if row.passed else "MISS")
-
-
-def render(rows: list[Row], header: str) -> str:
-    cols = ("figure", "gridedge", "reference (same run)", "ratio", "target", "result")
-    cells = [(r.figure, r.ours, r.reference, r.ratio, r.target, _result(r)) for r in rows]
-    widths = [max(len(c[i]) for c in [cols, *cells]) for i in range(len(cols))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-    out = [header, "", line(cols), line(["-" * w for w in widths])]
-    for row, cell in zip(rows, cells, strict=True):
-        out.append(line(cell))
-        out += [f"    {note}" for note in row.notes]
-    targets = [r for r in rows if r.key]
-    out += ["", "summary:"]
-    out += [f"  {_result(r)}  {r.key}: {r.ours}" + (f" vs {r.reference} ({r.ratio})" if r.ratio else "")
-            + f"; target {r.target}" for r in targets]
-    passed = sum(r.passed is True for r in targets)
-    skipped = sum(r.passed is None for r in targets)
-    out.append(f"  {passed}/{len(targets)} targets met" + (f" ({skipped} not measured)" if skipped else ""))
-    return "\n".join(out)
 
 
 def _versions() -> str:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from gateway.twin import EnvelopeRequest, EnvelopeResult, FlowOptions, FlowResult, PowerFlow, certify_envelope
+from tests.benchmarks._table import Row, render
 from tests.benchmarks._twin_cases import Case, cases
 from tests.benchmarks._twin_opendss import OpenDssFeeder, Problem
 
@@ -94,18 +95,6 @@ class Figures:
     rtol: float = 0.0
     target_ms: float = math.nan
     target_ratio: float | None = None
-
-
-@dataclass(slots=True)
-class Row:
-    figure: str
-    ours: str
-    reference: str
-    ratio: str = ""
-    target: str = ""
-    passed: bool | None = None
-    key: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def _calls(fn: Callable[[], object], n: int) -> tuple[list[float], list[float]]:
@@ -317,33 +306,6 @@ def build_rows(figures: list[Figures]) -> list[Row]:
 
 def _rel(a: float, b: float) -> float:
     return a / b - 1.0 if b else math.nan
-
-
-def _result(row: Row) -> str:
-    if not row.key:
-        return "-"
-    return "SKIP" if row.passed is None else ("PASS" if row.passed else "MISS")
-
-
-def render(rows: list[Row], header: str) -> str:
-    cols = ("figure", "gridedge", "reference (same run)", "ratio", "target", "result")
-    cells = [(r.figure, r.ours, r.reference, r.ratio, r.target, _result(r)) for r in rows]
-    widths = [max(len(c[i]) for c in [cols, *cells]) for i in range(len(cols))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-    out = [header, "", line(cols), line(["-" * w for w in widths])]
-    for row, cell in zip(rows, cells, strict=True):
-        out.append(line(cell))
-        out += [f"    {note}" for note in row.notes]
-    targets = [r for r in rows if r.key]
-    out += ["", "summary:"]
-    out += [f"  {_result(r)}  {r.key}: {r.ours}" + (f" vs {r.reference} ({r.ratio})" if r.ratio else "")
-            + f"; target {r.target}" for r in targets]
-    passed = sum(r.passed is True for r in targets)
-    out.append(f"  {passed}/{len(targets)} targets met")
-    return "\n".join(out)
 
 
 def _versions() -> str:
