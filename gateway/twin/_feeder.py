@@ -178,7 +178,8 @@ class Transformers(_Table):
 
     ``uk`` short-circuit voltage and ``i0`` no-load current in pu of rating; ``pk_w`` load loss at rated current,
     ``p0_w`` no-load loss. ``clock`` is the IEC clock number (Dyn1: 1). The tap changer sits on ``tap_side``
-    (:class:`Side`); the winding voltage there is ``u + (tap_pos - tap_nom) * tap_size_v``.
+    (:class:`Side`); the winding voltage there is ``u + (tap_pos - tap_nom) * tap_size_v`` (``-`` when
+    ``tap_min > tap_max``, as power-grid-model). Default: no tap (every tap field 0).
     """
 
     component: ClassVar[str] = "transformer"

@@ -91,6 +91,9 @@ class _Parser:
         if kind == "int" and not float(value).is_integer():
             self.issue(component, field, name, f"expected an integer, got {value!r}")
             return 0
+        if kind == "int" and not -128 <= value <= 127:  # stored as int8, as power-grid-model's tap positions
+            self.issue(component, field, name, f"expected an integer in -128..127, got {value!r}")
+            return 0
         return float(value)
 
     def value(self, component: str, field: str, name: str, value: Any, kind: _Kind) -> Any:

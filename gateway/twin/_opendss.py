@@ -16,7 +16,8 @@ element, so an imported feeder never silently differs from the model):
   by sequence impedances; a transposition average for others); likewise ``C``; ``i_rated_a`` = ``normamps``;
 - ``Transformer`` (three-phase, two windings): ``uk`` from ``XHL`` and both ``%R`` (on winding 1's kVA),
   ``pk``, ``p0`` (``%noloadloss``), ``i0`` (``%imag``); delta or grounded wye; OpenDSS's phase shift for
-  delta-wye and wye-delta (low side lags 30 degrees: clock 1); the taps as a tap changer on the tapped winding;
+  delta-wye and wye-delta (low side lags 30 degrees: clock 1); the taps as a tap changer on the tapped winding
+  (its step grid; a remainder, or a second tapped winding, stays in the winding voltage);
 - ``Load`` (three-phase, or single-phase phase-to-neutral; models 1, 2, 5): ``kW``/``kvar`` x ``LoadMult``,
   ``model``, ``kV`` (``u_rated_v``), ``vminpu``/``vmaxpu``/``vlowpu``. A three-phase delta load is modelled as its
   balanced wye equivalent;
@@ -198,14 +199,15 @@ class _Reader:
                 tr.Wdg = w
                 wdg.append((float(tr.kV), float(tr.kVA), float(tr.R), bool(tr.IsDelta), float(tr.Tap),
                             float(tr.MinTap), float(tr.MaxTap), int(tr.NumTaps)))
-            (kv1, kva1, r1, d1, tap1, lo, hi, steps), (kv2, kva2, r2, d2, tap2, *_) = wdg
+            (kv1, kva1, r1, d1, tap1, *grid1), (kv2, kva2, r2, d2, tap2, *grid2) = wdg
             a, _ = self.bus(specs[0], "transformer", label)
             b, _ = self.bus(specs[1], "transformer", label)
             sn = kva1 * 1e3
             r_pct = r1 + r2 * kva1 / kva2
             w_from, w_to = self.winding(label, specs[0], d1), self.winding(label, specs[1], d2)
-            step = (hi - lo) / steps if steps > 0 else 0.0
             side = Side.TO if tap1 == 1.0 and tap2 != 1.0 else Side.FROM
+            lo, hi, steps = grid2 if side == Side.TO else grid1  # the tapped winding's MinTap, MaxTap, NumTaps
+            step = (hi - lo) / steps if steps > 0 else 0.0
             tap, kv_tap = (tap2, kv2) if side == Side.TO else (tap1, kv1)
             pos = round((tap - 1.0) / step) if step > 0 else 0
             u_tap = kv_tap * 1e3 * (tap - pos * step)  # any remainder off the tap grid stays in the voltage

@@ -6,7 +6,8 @@ pandapower itself, so the twin does not depend on it. Mapping:
 - ``bus`` (in service) -> buses, named by ``name`` (or the index when names are missing or repeated);
 - ``line`` -> lines: ``r/x_ohm_per_km * length_km / parallel``, ``c_nf_per_km * length_km * parallel``,
   zero sequence from ``r0/x0/c0`` when present, ``i_rated_a = max_i_ka * df * parallel``;
-- ``trafo`` -> transformers (``vector_group``, ``shift_degree`` as the clock, ratio tap changer);
+- ``trafo`` -> transformers (``vector_group``, ``shift_degree`` as the clock, the ratio tap where pandapower
+  applies it: ``tap_changer_type`` ``Ratio``/``Symmetrical``; phase shifters and tap tables are refused);
 - ``ext_grid`` (exactly one) -> the source (``s_sc_max_mva``, ``rx_max``, ``x0x_max``/``r0x0_max`` when given);
 - ``load`` -> balanced loads (pure constant power, impedance or current; mixed ZIP is refused);
   ``asymmetric_load`` -> single-phase loads (one per loaded phase) or a balanced one when the phases are equal;
@@ -160,22 +161,68 @@ class _Import:
                 hv, lv = Winding.WYE_N, Winding.WYE_N
             w_from.append(hv)
             w_to.append(lv)
-        side = ["hv" if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)
-                for s in (t["tap_side"].tolist() if "tap_side" in t.columns else [None] * len(t))]
-        tap_side = np.array([Side.TO if s == "lv" else Side.FROM for s in side])
-        step = np.nan_to_num(_col(t, "tap_step_percent", 0.0)) / 100.0
+        taps = self.taps(t, names)
         return Transformers.create(
             name=names, from_bus=self.bus(t, "hv_bus", "transformer", names),
             to_bus=self.bus(t, "lv_bus", "transformer", names), sn_va=sn, u1_v=u1, u2_v=u2,
             uk=_col(t, "vk_percent") / 100.0, pk_w=_col(t, "vkr_percent") / 100.0 * sn,
             i0=np.nan_to_num(_col(t, "i0_percent", 0.0)) / 100.0, p0_w=np.nan_to_num(_col(t, "pfe_kw", 0.0)) * 1e3,
-            winding_from=w_from, winding_to=w_to, clock=clock, tap_side=tap_side,
-            tap_pos=np.nan_to_num(_col(t, "tap_pos", 0.0)).astype(int),
-            tap_min=np.nan_to_num(_col(t, "tap_min", 0.0)).astype(int),
-            tap_max=np.nan_to_num(_col(t, "tap_max", 0.0)).astype(int),
-            tap_nom=np.nan_to_num(_col(t, "tap_neutral", 0.0)).astype(int),
-            tap_size_v=step * np.where(tap_side == Side.TO, u2, u1),
+            winding_from=w_from, winding_to=w_to, clock=clock, tap_side=taps["tap_side"], tap_pos=taps["tap_pos"],
+            tap_min=taps["tap_min"], tap_max=taps["tap_max"], tap_nom=taps["tap_neutral"],
+            tap_size_v=taps["step"] * np.where(taps["tap_side"] == Side.TO, u2, u1),
         )
+
+    def taps(self, t: Any, names: list[str]) -> dict[str, np.ndarray[Any, Any]]:
+        """The ratio tap changers pandapower's power flow applies, as power-grid-model's integer tap fields.
+
+        pandapower 3 applies a tap only with ``tap_changer_type`` ``"Ratio"`` or ``"Symmetrical"`` (nets without
+        that column: wherever ``tap_pos`` and ``tap_step_percent`` are given); every other row gets no tap.
+        """
+        n = len(t)
+        pos, neutral = _col(t, "tap_pos"), _col(t, "tap_neutral")
+        step = _col(t, "tap_step_percent") / 100.0
+        given = np.isfinite(pos) & np.isfinite(step)
+        if "tap_changer_type" in t.columns:
+            kinds = ["" if k is None or (isinstance(k, float) and math.isnan(k)) else str(k)
+                     for k in t["tap_changer_type"].tolist()]
+            table = (np.asarray(t["tap_dependency_table"].fillna(False), dtype=bool)
+                     if "tap_dependency_table" in t.columns else np.zeros(n, dtype=bool))
+            self.refuse("transformer", "tap_dependency_table",
+                        [m for m, k, x in zip(names, kinds, table, strict=True) if k and x],
+                        "tap-dependent characteristic tables are not supported")
+            self.refuse("transformer", "tap_changer_type",
+                        [m for m, k, g in zip(names, kinds, given, strict=True)
+                         if g and k not in ("", "Ratio", "Symmetrical")],
+                        "only ratio tap changers (Ratio, Symmetrical without tap_step_degree) are supported")
+            active = given & np.isin(kinds, ["Ratio", "Symmetrical"]) & ~table
+        else:
+            shifter = (np.asarray(t["tap_phase_shifter"].fillna(False), dtype=bool)
+                       if "tap_phase_shifter" in t.columns else np.zeros(n, dtype=bool))
+            self.refuse("transformer", "tap_phase_shifter", [m for m, s in zip(names, shifter & given, strict=True)
+                                                             if s], "phase-shifting taps are not supported")
+            active = given & ~shifter
+        self.refuse("transformer", "tap_neutral", [m for m, a, x in zip(names, active, neutral, strict=True)
+                                                   if a and not np.isfinite(x)], "missing: give the neutral position")
+        active &= np.isfinite(neutral)
+        lo, hi = _col(t, "tap_min"), _col(t, "tap_max")
+        lo = np.where(np.isfinite(lo), lo, np.minimum(pos, neutral))
+        hi = np.where(np.isfinite(hi), hi, np.maximum(pos, neutral))
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)  # pandapower's ratio ignores the order; pgm's flips on it
+        values = np.stack([pos, neutral, lo, hi])
+        whole = np.all(values == np.round(values), axis=0)
+        small = np.all(np.abs(values) <= 127, axis=0)
+        self.refuse("transformer", "tap_pos", [m for m, a, w in zip(names, active, whole, strict=True) if a and not w],
+                    "tap positions must be whole steps")
+        self.refuse("transformer", "tap_pos", [m for m, a, w, s in zip(names, active, whole, small, strict=True)
+                                               if a and w and not s],
+                    "tap positions must be within -127..127 (power-grid-model's int8)")
+        active &= whole & small
+        sides = t["tap_side"].tolist() if "tap_side" in t.columns else ["hv"] * n
+        out = {"tap_side": np.array([Side.TO if s == "lv" else Side.FROM for s in sides], dtype=np.int8),
+               "step": np.where(active, step, 0.0)}
+        for key, value in (("tap_pos", pos), ("tap_neutral", neutral), ("tap_min", lo), ("tap_max", hi)):
+            out[key] = np.where(active, np.nan_to_num(value), 0.0).astype(np.int8)
+        return out
 
     def source(self) -> Source:
         grids = _table(self.net, "ext_grid")
