@@ -35,7 +35,7 @@ from gateway.twin import (
     load_feeder,
     with_ders,
 )
-from gateway.types import DerLimit, DeviceState, Envelope, EnvelopeCertificate
+from gateway.types import DerLimit, DeviceState, Envelope
 
 log = structlog.get_logger("gateway.segment")
 
@@ -143,11 +143,7 @@ class Segment:
                 for got, default in zip(result.ders(), self.defaults.limits, strict=True))
             return Envelope(self.issuer, sequence, now, valid_until, limits, False, None,
                             cert.reason or "not certified")
-        certificate = EnvelopeCertificate(
-            vmax_pu=cert.vmax_pu, vmin_pu=cert.vmin_pu,
-            max_loading=cert.max_loading if math.isfinite(cert.max_loading) else 0.0,
-            margin_pu=cert.margin_v_pu, method=cert.method, ac_solves=cert.ac_solves)
-        return Envelope(self.issuer, sequence, now, valid_until, result.ders(), True, certificate, None)
+        return result.envelope(issuer=self.issuer, sequence=sequence, valid_from=now, valid_until=valid_until)
 
     def _default(self, now: float, valid_until: float, sequence: int, reason: str) -> Envelope:
         return Envelope(self.issuer, sequence, now, valid_until, self.defaults.limits, False, None, reason)

@@ -198,10 +198,7 @@ class Dispatcher:
                                        authority=c.authority, valid_until=c.valid_until)
                 else:
                     kept.append(c)
-            if kept:
-                self._commands[der] = kept
-            else:
-                self._commands.pop(der, None)
+            self._hold(der, kept)
             arb = self._arbitrate(der, now, in_force)
             new = None if arb is None else arb.setpoint
             old = self._current.get(der)
@@ -256,10 +253,7 @@ class Dispatcher:
         out: list[Decision] = []
         for der, hits in gone.items():
             kept = [c for c in self._commands.get(der, []) if all(c is not h for h in hits)]
-            if kept:
-                self._commands[der] = kept
-            else:
-                self._commands.pop(der, None)
+            self._hold(der, kept)
             arb = self._arbitrate(der, now, in_force)
             new = None if arb is None else arb.setpoint
             old = self._current.get(der)
@@ -296,6 +290,13 @@ class Dispatcher:
         if len(stored) >= MAX_COMMANDS_PER_DER:
             return "too-many-commands", f"{len(stored)} commands already held for {c.der_id}"
         return None
+
+    def _hold(self, der: str, commands: list[Command]) -> None:
+        """Keep ``commands`` as the DER's held commands (none: forget the DER)."""
+        if commands:
+            self._commands[der] = commands
+        else:
+            self._commands.pop(der, None)
 
     def _arbitrate(self, der: str, now: float, in_force: InForce) -> Arbitration | None:
         active = [c for c in self._commands.get(der, []) if c.valid_from <= now < c.valid_until]
