@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.pki import Identity
+from gateway.uplink import Signer, Verifier
 from gateway.uplink._mqtt import MqttSettings
 from tests.uplink._broker import Broker, find_mosquitto
 from tests.uplink._headend import HeadEnd
@@ -55,3 +57,14 @@ def settings_for(broker: Broker, name: str = "gateway", **overrides: object) -> 
     }
     values.update(overrides)
     return MqttSettings(**values)  # type: ignore[arg-type]
+
+
+# The gateway's signer and a verifier trusting it, over the ``pki`` fixture of the test module.
+@pytest.fixture(scope="module")
+def signer(pki: dict[str, Identity]) -> Signer:
+    return Signer.from_files(pki["gateway"].cert, pki["gateway"].key)
+
+
+@pytest.fixture(scope="module")
+def verifier(pki: dict[str, Identity]) -> Verifier:
+    return Verifier.from_certs([pki["gateway"].cert])

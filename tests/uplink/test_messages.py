@@ -57,16 +57,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     return init_dev_pki(tmp_path_factory.mktemp("pki"), ("gateway",))
 
 
-@pytest.fixture(scope="module")
-def signer(pki: dict[str, Identity]) -> Signer:
-    return Signer.from_files(pki["gateway"].cert, pki["gateway"].key)
-
-
-@pytest.fixture(scope="module")
-def verifier(pki: dict[str, Identity]) -> Verifier:
-    return Verifier.from_certs([pki["gateway"].cert])
-
-
 def through_the_wire(signer: Signer, verifier: Verifier, message: Any) -> Any:
     return parse_message(verifier.verify(sign_message(signer, message)))
 
