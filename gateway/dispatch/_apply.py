@@ -8,8 +8,11 @@ written. Audit writes (fsync) run in a worker thread, off the event loop.
 How a setpoint in W reaches a device (7xx before 12x, as the controls layer prefers):
 
 * 704 ``WSet`` (``WSetMod`` = W): any sign.
-* 124 storage rates, as % of ``WChaMax``: positive discharges (``OutWRte``), negative charges (``InWRte``);
-  zero holds the battery at 0 W (both rates 0, both modes on: mode 0 would hand it back to its own logic).
+* 124 storage, as % of ``WChaMax``: 124 confines the battery to the window ``[-InWRte, +OutWRte]`` (both
+  ``StorCtl_Mod`` bits on; the window semantics are defined in :mod:`gateway.sunspec._controls`), so a setpoint
+  ``p`` is the single-point window ``OutWRte = p``, ``InWRte = -p`` (discharge ``p`` > 0, charge ``p`` < 0, hold
+  at 0 W with both 0: mode 0 would hand the battery back to its own logic). Read back, the device holds a setpoint
+  only while the window is a single point with both bits on; any other window is a cap, not a setpoint.
 * 123 ``WMaxLimPct``, as % of 121 ``WMax`` (else 120 ``WRtg``): export only (a PV inverter cannot import).
 
 Values are quantised toward zero at the device's scale factor, so the device never gets more than the clamp;
@@ -106,28 +109,16 @@ async def _plan_124(w: float, controls: SunSpecControls) -> _Plan:
         raise UnsupportedControl(f"model 124 WChaMax is {w_max:g}: cannot convert W to a rate")
     sf = _sf(block.points, "InOutWRte_SF")
     pct = max(-100.0, min(100.0, _toward_zero(w / w_max * 100.0, sf)))
-    has_timer = block.points.get("InOutWRte_RvrtTms") is not None
-
-    async def write(revert_s: int) -> ControlResult:
-        if pct != 0:
-            return await controls.set_storage_rate_pct(pct, revert_s)
-        settings: dict[str, Any] = {"OutWRte": 0.0, "InWRte": 0.0}
-        if has_timer:
-            settings["InOutWRte_RvrtTms"] = revert_s
-        done = await controls.write_points(124, settings)
-        done += await controls.write_points(124, {"StorCtl_Mod": CHARGE | DISCHARGE})
-        return ControlResult(124, done, revert_s if has_timer else None)
 
     def held(p: dict[str, Any]) -> float | None:
-        mode = p.get("StorCtl_Mod")
-        if not isinstance(mode, int) or mode == 0:
-            return None
-        out = float(p.get("OutWRte") or 0.0) if mode & DISCHARGE else 0.0
-        into = float(p.get("InWRte") or 0.0) if mode & CHARGE else 0.0
-        return (out - into) / 100.0 * w_max
+        out, into = p.get("OutWRte"), p.get("InWRte")
+        if p.get("StorCtl_Mod") != CHARGE | DISCHARGE or not isinstance(out, int | float) or \
+                not isinstance(into, int | float) or not math.isclose(out, -into, abs_tol=1e-9):
+            return None  # not a single-point window: the battery chooses inside it, nothing is held
+        return float(out) / 100.0 * w_max
 
-    points = {"OutWRte": max(pct, 0.0), "InWRte": max(-pct, 0.0)}
-    return _Plan(124, pct / 100.0 * w_max, 10.0**sf / 100.0 * w_max, points, write, held)
+    return _Plan(124, pct / 100.0 * w_max, 10.0**sf / 100.0 * w_max, {"OutWRte": pct, "InWRte": 0.0 - pct},
+                 lambda revert_s: controls.set_storage_rate_pct(pct, revert_s), held)
 
 
 async def _plan_123(w: float, controls: SunSpecControls) -> _Plan:

@@ -7,7 +7,10 @@ A command becomes a setpoint (:mod:`gateway.dispatch._apply`); a DER with no act
 * 704 ``WMaxLimPct`` (``WMaxLimPctEna``), else 123 ``WMaxLimPct`` (``WMaxLim_Ena``): the export cap as % of WMax
   (702 ``WMax``/``WMaxRtg``, 121 ``WMax``, 120 ``WRtg``);
 * 124 ``OutWRte``/``InWRte``: the most the battery may discharge/charge, as % of ``WChaMax``, both
-  ``StorCtl_Mod`` bits on (SunSpec: "percent of max discharge/charging rate").
+  ``StorCtl_Mod`` bits on. 124 is a limit window (defined in :mod:`gateway.sunspec._controls`, after the vendor's
+  "Modbus TCP & RTU" storage-control documentation): the battery's power stays in ``[-InWRte, +OutWRte]`` and its
+  own logic chooses inside, so export cap ``e`` and import cap ``i`` give the window ``[-i, +e]``, which never
+  moves a battery that is idle (a setpoint is the single-point window, :mod:`gateway.dispatch._apply`).
 
 Values are quantised toward zero at the point's scale factor (never more than the cap) and each write programs
 the model's reversion timer, so a gateway that dies leaves the DER to fall back by itself; the owner re-writes
@@ -142,7 +145,8 @@ async def _export_cap(cap: Cap, controls: SunSpecControls, revert_s: int, fallba
 
 async def _storage_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tuple[float, float, int | None, dict[
         str, Any]]:
-    """Write the storage limits as 124 OutWRte/InWRte; (discharge W held, charge W held, reversion, points)."""
+    """Write the storage limits as the 124 window [-InWRte, +OutWRte]; (discharge W held, charge W held, reversion,
+    points)."""
     block = await controls.read_model(124)
     w_cha_max = _number(block.points, "WChaMax")
     if w_cha_max is None or w_cha_max <= 0:
@@ -150,12 +154,7 @@ async def _storage_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tu
     sf = _sf(block.points, "InOutWRte_SF")
     out_pct = min(100.0, _toward_zero(cap.export_w / w_cha_max * 100.0, sf))
     in_pct = min(100.0, _toward_zero(cap.import_w / w_cha_max * 100.0, sf))
-    settings: dict[str, Any] = {"OutWRte": out_pct, "InWRte": in_pct}
-    has_timer = block.points.get("InOutWRte_RvrtTms") is not None
-    if has_timer:
-        settings["InOutWRte_RvrtTms"] = revert_s
-    await controls.write_points(124, settings)
-    await controls.write_points(124, {"StorCtl_Mod": CHARGE | DISCHARGE})
+    result = await controls.set_storage_window_pct(out_pct, in_pct, revert_s)
     held = (await controls.read_model(124)).points
     got_out, got_in = _number(held, "OutWRte"), _number(held, "InWRte")
     tol = 10.0**sf / 2
@@ -168,7 +167,7 @@ async def _storage_cap(cap: Cap, controls: SunSpecControls, revert_s: int) -> tu
     assert got_out is not None
     assert got_in is not None
     points = {k: held.get(k) for k in ("OutWRte", "InWRte", "StorCtl_Mod")}
-    return got_out / 100.0 * w_cha_max, got_in / 100.0 * w_cha_max, revert_s if has_timer else None, points
+    return got_out / 100.0 * w_cha_max, got_in / 100.0 * w_cha_max, result.reversion_s, points
 
 
 async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, reversion_s: int,

@@ -11,8 +11,16 @@ simulated time, ``start_hour`` plus real time times ``time_scale`` (compress a d
 
 Active power is limited by 123 ``WMaxLimPct`` (``WMaxLim_Ena``), 704 ``WMaxLimPct`` (``WMaxLimPctEna``) and
 704 ``WSet``/``WSetPct`` (``WSetEna``), whichever is lowest; 123 ``Conn`` = 0 disconnects. Reactive power
-follows the active volt-var curve (705 curve 1, else 126 ``ActCrv``) with reactive power priority. A battery
-(124) charges at ``InWRte`` / discharges at ``OutWRte`` percent of ``WChaMax`` per ``StorCtl_Mod``.
+follows the active volt-var curve (705 curve 1, else 126 ``ActCrv``) with reactive power priority.
+
+A battery has its own intent (``PhysicsSettings.battery_intent_w``, W, discharge positive: what its own logic
+would do; 0 by default) and 124 confines it to a **limit window** (the semantics are defined in
+:mod:`gateway.sunspec._controls`, after the vendor's "Modbus TCP & RTU" storage-control documentation): it runs
+at ``clamp(intent, -InWRte % * WChaMax, +OutWRte % * WChaMax)``, a side whose ``StorCtl_Mod`` bit (0 CHARGE,
+1 DISCHARGE) is off staying at the full rate, then through the storage model (rate and state-of-charge limits).
+So a setpoint (``OutWRte = p``, ``InWRte = -p``) drives it to ``p`` whatever it wants, a cap only stops it going
+past the cap, and a window never moves a battery whose intent lies inside it. An empty window (never written by
+the gateway) resolves to its discharge bound.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class PhysicsSettings:
     f_nom: float | None = None
     peak_load_w: float = 4000.0  # meters: the household's peak load
     seed: int = 0
+    #: batteries: what the battery's own logic wants (W, + discharges) before 124 confines it; 0 = idle
+    battery_intent_w: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,13 +396,23 @@ class Plant:
             else:
                 c.wset_w = self._read(704, "WSet") or 0.0
         c.vv = self._volt_var_settings(rated_w, c.var_max, c.va_max)
+        c.bat_cmd_w = self._storage_window_cmd(rated_w)
+        return c
+
+    def _storage_window_cmd(self, rated_w: float) -> float:
+        """The battery's own intent clamped to the 124 window ``[-InWRte, +OutWRte]`` % of WChaMax (W, + discharges).
+
+        A ``StorCtl_Mod`` bit that is off (or its rate unimplemented) leaves that side at the full rate.
+        """
         mode = self._raw(124, "StorCtl_Mod") or 0
         w_cha_max = _rated(self._read(124, "WChaMax"), self._read(802, "WChaRteMax"), default=rated_w)
-        if mode & 1:
-            c.bat_cmd_w -= (self._read(124, "InWRte") or 0.0) / 100.0 * w_cha_max
-        if mode & 2:
-            c.bat_cmd_w += (self._read(124, "OutWRte") or 0.0) / 100.0 * w_cha_max
-        return c
+        lo, hi = -w_cha_max, w_cha_max
+        in_pct, out_pct = self._read(124, "InWRte"), self._read(124, "OutWRte")
+        if mode & 1 and in_pct is not None:
+            lo = -in_pct / 100.0 * w_cha_max
+        if mode & 2 and out_pct is not None:
+            hi = out_pct / 100.0 * w_cha_max
+        return min(max(self.settings.battery_intent_w, lo), hi)
 
     def _volt_var_settings(self, rated_w: float, var_max: float, va_max: float) -> vv.VoltVarSettings:
         """The active volt-var curve from 705 (else 126) as 1547 settings (Q in pu of the VA rating)."""

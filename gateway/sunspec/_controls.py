@@ -12,6 +12,17 @@ What the device falls back *to*: 704 holds a reversion value beside each timer (
 (``revert_pct`` / ``revert_w``), in the same write as the timer, when the device implements them (all or none).
 123 and 124 have no reversion value: their timers hand the function back to the device's own default (123
 ``WMaxLim_Ena`` off: typically uncapped), which nothing written over Modbus can change.
+
+Storage (124) is a **limit window**, as the hybrid-inverter vendor documentation for SunSpec storage control
+describes it ("Modbus TCP & RTU" operating instructions 42,0410,2649, Basic Storage Control Model 124; SunSpec:
+``OutWRte`` "percent of max discharge rate", ``InWRte`` "percent of max charging rate", signed int16 with
+``InOutWRte_SF``). The battery's power P (W, discharge positive) is kept inside
+``[-InWRte % * WChaMax, +OutWRte % * WChaMax]``; ``StorCtl_Mod`` bit 0 (CHARGE) enables the ``InWRte`` side, bit 1
+(DISCHARGE) the ``OutWRte`` side, and a side whose bit is off stays at the full rate. A negative ``InWRte``
+therefore forces a minimum discharge, a negative ``OutWRte`` a minimum charge; inside the window the battery's own
+logic decides. :meth:`SunSpecControls.set_storage_window_pct` writes a window (a cap),
+:meth:`SunSpecControls.set_storage_rate_pct` a setpoint: the single-point window ``OutWRte = p``, ``InWRte = -p``.
+An empty window (``OutWRte + InWRte < 0``) is refused here (that firmware is reported to answer it with exception 3).
 """
 
 from __future__ import annotations
@@ -235,15 +246,31 @@ class SunSpecControls:
                                       {"WSetEna": ENABLED}, reversion=reversion)
 
     # --- storage ------------------------------------------------------------------------------------------
+    async def set_storage_window_pct(self, out_pct: float, in_pct: float, revert_s: int) -> ControlResult:
+        """Confine the battery to ``[-in_pct, +out_pct]`` % of WChaMax (124 ``OutWRte``/``InWRte``, both
+        ``StorCtl_Mod`` bits; see the module docstring): the battery's own logic chooses inside the window.
+
+        Either bound may be negative (a minimum discharge or charge), but the window must not be empty.
+        """
+        for name, value in (("OutWRte", out_pct), ("InWRte", in_pct)):
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"storage {name} {value} % is outside -100..100")
+        if out_pct + in_pct < 0:
+            raise ValueError(f"storage window [{-in_pct:g}, {out_pct:g}] % is empty: the discharge bound OutWRte "
+                             "must not be below the charge bound -InWRte")
+        if not self.has(124):
+            return _unsupported("storage window", 124)
+        return await self._with_timer(124, {"OutWRte": out_pct, "InWRte": in_pct}, "InOutWRte_RvrtTms", revert_s,
+                                      {"StorCtl_Mod": CHARGE_BIT | DISCHARGE_BIT})
+
     async def set_storage_rate_pct(self, pct: float, revert_s: int) -> ControlResult:
-        """Storage power as % of WChaMax: positive discharges, negative charges (124 OutWRte/InWRte)."""
+        """Storage power as % of WChaMax: positive discharges, negative charges, 0 holds the battery at 0 W.
+
+        Written as the single-point window ``OutWRte = pct``, ``InWRte = -pct`` with both ``StorCtl_Mod`` bits.
+        """
         if not -100.0 <= pct <= 100.0:
             raise ValueError(f"storage rate {pct} % is outside -100..100")
-        if not self.has(124):
-            return _unsupported("storage rate", 124)
-        settings = {"OutWRte": max(pct, 0.0), "InWRte": max(-pct, 0.0)}
-        mode = DISCHARGE_BIT if pct > 0 else CHARGE_BIT if pct < 0 else 0
-        return await self._with_timer(124, settings, "InOutWRte_RvrtTms", revert_s, {"StorCtl_Mod": mode})
+        return await self.set_storage_window_pct(pct, 0.0 - pct, revert_s)
 
     async def set_storage_reserve_pct(self, soc_min: float, soc_max: float) -> ControlResult:
         """The state-of-charge band the battery keeps (802 SoCRsvMin / SocRsvMax)."""

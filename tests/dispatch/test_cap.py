@@ -12,7 +12,7 @@ import pytest
 from gateway.audit import AuditLog, verify_log
 from gateway.devices import SunSpecDevice, TcpEndpoint, UnitIO
 from gateway.dispatch import apply_cap, cap_for, envelope_in_force
-from gateway.sim import Endpoint, simulated_fleet
+from gateway.sim import Endpoint, PhysicsSettings, simulated_fleet
 from gateway.sunspec import SunSpecReader, discover
 
 from ._helpers import NOW, envelope, events, policy
@@ -71,3 +71,30 @@ async def test_a_cap_reaches_the_device_as_a_limit_with_its_timer(tmp_path: Path
     assert (write["action"], write["export_w"], write["export_binding"]) == ("cap", 3500, "envelope")
     assert readback["ok"] is True
     assert verify_log(tmp_path / "audit.jsonl").ok
+
+
+@pytest.mark.parametrize(("intent", "expected"), [
+    (4500.0, 3500.0),  # wants to discharge past the export cap (3500 W): held at the cap
+    (-3000.0, -2000.0),  # wants to charge past the import cap (2000 W): held at the cap
+    (1200.0, 1200.0),  # inside the window [-2000, +3500]: left alone
+    (-800.0, -800.0),
+    (0.0, 0.0),  # idle stays idle (the old bug: a cap of 70 % / 40 % drove it to discharge 30 % = 1500 W)
+])
+async def test_a_storage_cap_is_a_window_the_battery_chooses_in(tmp_path: Path, intent: float,
+                                                                expected: float) -> None:
+    pol = policy(customer={"der": (4000, 2000)})
+    in_force = envelope_in_force(envelope({"der": (3500, 3000)}, valid_from=time.time() - 60,
+                                          valid_until=time.time() + 900), time.time(), pol)
+    cap = cap_for("der", in_force, pol)
+    assert (cap.export_w, cap.import_w) == (3500, 2000)  # e != i
+    physics = PhysicsSettings(cloudiness=0.0, noise=0.0, seed=1, battery_intent_w=intent)
+    with AuditLog.open(tmp_path / "audit.jsonl") as audit:
+        async with simulated_fleet(1, "battery", physics=physics) as [endpoint], \
+                TcpEndpoint(endpoint.host, endpoint.port) as tcp:
+            controls = await SunSpecDevice("der", UnitIO(tcp, endpoint.unit)).controls()
+            before = (await _points(endpoint, 802))["W"]
+            written = await apply_cap(cap, controls, audit, reversion_s=90)
+            after = (await _points(endpoint, 802))["W"]
+    assert before == pytest.approx(intent, abs=1)  # before the cap: the battery's own logic
+    assert (written.discharge_w, written.charge_w) == (3500, 2000)
+    assert after == pytest.approx(expected, abs=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,14 +22,17 @@ from gateway.audit import AuditLog, verify_log
 from gateway.devices import SunSpecDevice, TcpEndpoint, UnitIO
 from gateway.dispatch import Dispatcher, apply_decision, apply_setpoint
 from gateway.errors import UnsupportedControl
-from gateway.sim import Endpoint, PhysicsSettings, simulated_fleet
+from gateway.sim import Endpoint, PhysicsSettings, make_devices, serve_tcp, simulated_fleet
 from gateway.sunspec import SunSpecControls, SunSpecReader, discover
 from gateway.types import Setpoint
+from tests.sim._helpers import FakeClock
 
 from ._helpers import AGG, GO, command, envelope, events, policy
 
 CLEAR_NOON = PhysicsSettings(start_hour=12.0, cloudiness=0.0, noise=0.0, v_offset_pu=0.0, seed=1)
 RATED_W = 5000  # the simulator's rating (121 WMax, 124 WChaMax)
+#: a battery whose own logic wants to discharge 1000 W: a setpoint must override it, a cap must leave it alone
+BATTERY_INTENT = dataclasses.replace(CLEAR_NOON, battery_intent_w=1000.0)
 
 
 @dataclass
@@ -43,8 +47,8 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def _rig(kind: str, audit: AuditLog, log_path: Path, customer: tuple[float, float],
-               env: tuple[float, float]) -> AsyncIterator[Rig]:
-    async with simulated_fleet(1, kind, physics=CLEAR_NOON) as [endpoint], \
+               env: tuple[float, float], physics: PhysicsSettings = CLEAR_NOON) -> AsyncIterator[Rig]:
+    async with simulated_fleet(1, kind, physics=physics) as [endpoint], \
             TcpEndpoint(endpoint.host, endpoint.port) as tcp:
         device = SunSpecDevice("inv-1", UnitIO(tcp, endpoint.unit), role="battery" if kind == "battery" else "inverter")
         controls = await device.controls()
@@ -93,15 +97,20 @@ def _trail(path: Path, command_id: str) -> list[str]:
         # 7xx inverter, 704 WSet: the customer limit (3000) binds below the envelope (3500)
         ("inverter-7xx", (3000, 0), (3500, 0), 4800, 3000, "customer-export",
          704, {"WSet": 3000, "WSetEna": 1, "WSetMod": 1}),
-        # battery, 124 InWRte (% of WChaMax): asks to charge 2800, the envelope allows 2500 import
+        # battery, 124 (% of WChaMax), a setpoint is the single-point window [-InWRte, +OutWRte]: asks to charge
+        # 2800, the envelope allows 2500 import; the battery itself wants to discharge 1000 (BATTERY_INTENT)
         ("battery", (3000, 3000), (3500, 2500), -2800, -2500, "envelope-import",
-         124, {"InWRte": 50.0, "OutWRte": 0.0, "StorCtl_Mod": 1}),
+         124, {"InWRte": 50.0, "OutWRte": -50.0, "StorCtl_Mod": 3}),
+        # ... and asks to discharge 4000, the customer allows 3000 export
+        ("battery", (3000, 3000), (3500, 2500), 4000, 3000, "customer-export",
+         124, {"InWRte": -60.0, "OutWRte": 60.0, "StorCtl_Mod": 3}),
     ],
 )
 async def test_command_to_device_and_back(audit: AuditLog, log_path: Path, kind: str, customer: tuple[float, float],
                                           env: tuple[float, float], target: float, w: float, binding: str,
                                           model: int, held: dict[str, Any]) -> None:
-    async with _rig(kind, audit, log_path, customer, env) as rig:
+    physics = BATTERY_INTENT if kind == "battery" else CLEAR_NOON
+    async with _rig(kind, audit, log_path, customer, env, physics) as rig:
         cmd = command(target, AGG, valid_from=time.time() - 1, valid_until=time.time() + 60)
         decision = rig.dispatcher.submit(cmd, time.time())
         assert decision.setpoint is not None
@@ -214,3 +223,26 @@ async def test_default_envelope_rewrites_the_device_when_the_twin_fails(inverter
     assert (await _points(inverter.endpoint, 123))["WMaxLimPct"] == pytest.approx(30.0)
     assert await _measured_w(inverter, 1500) == pytest.approx(1500, abs=50)
     assert events(inverter.log_path, "envelope")[-1]["reason"] == "twin error: did not converge"
+
+
+async def test_a_lapsed_battery_setpoint_hands_the_battery_back_to_its_own_logic(audit: AuditLog,
+                                                                                 log_path: Path) -> None:
+    """124's timer (no reversion value) turns ``StorCtl_Mod`` off: the battery returns to what it wants itself."""
+    ((_, sim),) = make_devices(["battery"], physics=BATTERY_INTENT)
+    clock = FakeClock(time.monotonic())
+    sim.clock = clock
+    async with serve_tcp([sim], tick=0) as port, TcpEndpoint("127.0.0.1", port) as tcp:
+        controls = await SunSpecDevice("inv-1", UnitIO(tcp, 1), role="battery").controls()
+        dispatcher = Dispatcher(policy(customer={"inv-1": (3000, 3000)}), audit)
+        now = time.time()
+        dispatcher.set_envelope(envelope({"inv-1": (3500, 2500)}, valid_from=now - 60, valid_until=now + 900), now)
+        decision = dispatcher.submit(command(-2000, AGG, valid_from=now - 1, valid_until=now + 600), now)
+        applied = await apply_decision(decision, controls, audit, reversion_s=30)
+        assert applied is not None
+        assert (applied.model, applied.held_w, applied.reversion_s) == (124, -2000, 30)
+        sim.update(clock.advance(1))
+        assert sim.value(802, "W") == pytest.approx(-2000, abs=1)  # the setpoint, against its own +1000 W
+        sim.update(clock.advance(30))  # the gateway is gone: nobody renews the setpoint
+        assert sim.value(124, "StorCtl_Mod") == 0
+        sim.update(clock.advance(1))
+        assert sim.value(802, "W") == pytest.approx(1000, abs=1)

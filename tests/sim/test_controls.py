@@ -1,8 +1,9 @@
 """Writes change behaviour: active power limits (123, 704), their reversion timers, 705 curve adoption,
-volt-var, a battery's state of charge, the day's profile."""
+volt-var, a battery's state of charge and its own intent inside the 124 limit window, the day's profile."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -157,13 +158,18 @@ def test_volt_var_absorbs_at_high_voltage() -> None:
     assert abs(dev.value(701, "Var") or 0) < 5
 
 
+def _write_124(dev: SimulatedDevice, values: dict[str, float]) -> None:
+    for name, value in values.items():  # rates (and timer) first, the mode bits last, as the gateway writes them
+        assert dev.write(*point_regs(dev, 124, name, value)) is None
+
+
 def test_battery_soc_follows_charge_and_discharge() -> None:
     clock = FakeClock()
     dev = _device("battery", clock)
     soc0 = dev.value(802, "SoC")
     assert soc0 == pytest.approx(50.0, abs=0.1)
-    for name, value in (("InWRte", 50.0), ("StorCtl_Mod", 1)):  # charge at 50 % of WChaMax
-        assert dev.write(*point_regs(dev, 124, name, value)) is None
+    # a charge setpoint: the single-point window [-50 %, -50 %] of WChaMax, both bits
+    _write_124(dev, {"InWRte": 50.0, "OutWRte": -50.0, "StorCtl_Mod": 3})
     for _ in range(36):
         dev.update(clock.advance(100.0))  # one hour
     soc1 = dev.value(802, "SoC")
@@ -171,8 +177,10 @@ def test_battery_soc_follows_charge_and_discharge() -> None:
     assert soc1 == pytest.approx(50.0 + 2500 * 0.95 / 10000 * 100, abs=0.5)
     assert dev.value(103, "W") == pytest.approx(-2500, abs=2)
     assert dev.value(124, "ChaSt") == 4  # CHARGING
-    for name, value in (("OutWRte", 100.0), ("StorCtl_Mod", 2)):
-        assert dev.write(*point_regs(dev, 124, name, value)) is None
+    # only the CHARGE bit, InWRte -100 %: at least a full-rate discharge, the discharge side left at the full rate
+    _write_124(dev, {"InWRte": -100.0, "OutWRte": 0.0, "StorCtl_Mod": 1})
+    dev.update(clock.advance(1.0))
+    assert dev.value(103, "W") == pytest.approx(5000, abs=2)
     for _ in range(100):
         dev.update(clock.advance(360.0))  # ten hours: down to the reserve
     assert dev.value(802, "SoC") == pytest.approx(10.0, abs=0.2)  # MinRsvPct
@@ -181,15 +189,52 @@ def test_battery_soc_follows_charge_and_discharge() -> None:
 
 def test_battery_setpoint_reverts() -> None:
     clock = FakeClock()
-    dev = _device("battery", clock)
-    for name, value in (("InOutWRte_RvrtTms", 60), ("OutWRte", 40.0), ("StorCtl_Mod", 2)):
-        assert dev.write(*point_regs(dev, 124, name, value)) is None
+    dev = _device("battery", clock, dataclasses.replace(CLEAR_NOON, battery_intent_w=-600.0))
+    _write_124(dev, {"InOutWRte_RvrtTms": 60, "OutWRte": 40.0, "InWRte": -40.0, "StorCtl_Mod": 3})
     dev.update(clock.advance(30.0))
-    assert dev.value(103, "W") == pytest.approx(2000, abs=2)
+    assert dev.value(103, "W") == pytest.approx(2000, abs=2)  # the setpoint, not what the battery wants
     dev.update(clock.advance(31.0))
     assert dev.value(124, "StorCtl_Mod") == 0
     dev.update(clock.advance(1.0))
-    assert dev.value(103, "W") == pytest.approx(0, abs=1)
+    assert dev.value(103, "W") == pytest.approx(-600, abs=1)  # handed back: its own intent again
+
+
+#: (own intent W, 124 writes, W the battery runs at); WChaMax 5000 W, so 1 % = 50 W
+WINDOWS = [
+    # no control: the battery does what it wants
+    (1800.0, {}, 1800.0),
+    # a cap (export 60 %, import 40 %: the window [-2000, +3000]) binds an intent beyond either side ...
+    (4500.0, {"OutWRte": 60.0, "InWRte": 40.0, "StorCtl_Mod": 3}, 3000.0),
+    (-4500.0, {"OutWRte": 60.0, "InWRte": 40.0, "StorCtl_Mod": 3}, -2000.0),
+    # ... leaves one inside alone, and never moves an idle battery (the old bug: it ran at 60 - 40 = 20 %)
+    (1200.0, {"OutWRte": 60.0, "InWRte": 40.0, "StorCtl_Mod": 3}, 1200.0),
+    (0.0, {"OutWRte": 60.0, "InWRte": 40.0, "StorCtl_Mod": 3}, 0.0),
+    # a setpoint is the single-point window: discharge 30 % / charge 20 % / hold, whatever the intent
+    (-1000.0, {"OutWRte": 30.0, "InWRte": -30.0, "StorCtl_Mod": 3}, 1500.0),
+    (2500.0, {"OutWRte": -20.0, "InWRte": 20.0, "StorCtl_Mod": 3}, -1000.0),
+    (2500.0, {"OutWRte": 0.0, "InWRte": 0.0, "StorCtl_Mod": 3}, 0.0),
+    # a bit that is off leaves its side at the full rate
+    (-4500.0, {"OutWRte": 10.0, "InWRte": 40.0, "StorCtl_Mod": 2}, -4500.0),
+    (4500.0, {"OutWRte": 10.0, "InWRte": 40.0, "StorCtl_Mod": 1}, 4500.0),
+    (4500.0, {"OutWRte": 10.0, "InWRte": 40.0, "StorCtl_Mod": 2}, 500.0),
+    # a negative rate forces a minimum: OutWRte -20 % = charge at least 1000 W, InWRte -30 % = discharge >= 1500 W
+    (0.0, {"OutWRte": -20.0, "StorCtl_Mod": 2}, -1000.0),
+    (-2500.0, {"OutWRte": -20.0, "StorCtl_Mod": 2}, -2500.0),
+    (0.0, {"InWRte": -30.0, "StorCtl_Mod": 1}, 1500.0),
+    # mode 0 hands the battery back to its own logic, whatever the rates say
+    (-700.0, {"OutWRte": 30.0, "InWRte": -30.0, "StorCtl_Mod": 0}, -700.0),
+]
+
+
+@pytest.mark.parametrize(("intent", "writes", "expected"), WINDOWS)
+def test_battery_runs_at_its_intent_inside_the_124_window(intent: float, writes: dict[str, float],
+                                                          expected: float) -> None:
+    clock = FakeClock()
+    dev = _device("battery", clock, dataclasses.replace(CLEAR_NOON, battery_intent_w=intent))
+    _write_124(dev, writes)
+    dev.update(clock.advance(1.0))
+    assert dev.value(802, "W") == pytest.approx(expected, abs=1)
+    assert dev.value(103, "W") == pytest.approx(expected, abs=1)
 
 
 def test_a_day_of_pv() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
+from gateway.devices import TcpEndpoint, UnitIO
 from gateway.errors import UnsupportedControl, WriteVerificationError
-from gateway.sunspec import SunSpecControls, SunSpecReader, discover
+from gateway.sim import simulated_fleet
+from gateway.sunspec import DeviceMap, SunSpecControls, SunSpecReader, discover, model_def
 from tests.shared_data import DUMPS, load_dump
 from tests.sunspec.dump_io import DumpIO
 
@@ -108,3 +112,54 @@ async def test_write_not_held_fails_verification() -> None:
     controls = SunSpecControls(io, await discover(io))
     with pytest.raises(WriteVerificationError, match="read back"):
         await controls.limit_active_power_pct(10, revert_s=60)
+
+
+# --- 124 storage: a limit window [-InWRte, +OutWRte] % of WChaMax (see gateway.sunspec._controls) -------------------
+
+
+@contextlib.asynccontextmanager
+async def _battery() -> AsyncIterator[tuple[SunSpecControls, UnitIO, DeviceMap]]:
+    """Controls over Modbus TCP to a simulated battery (pymodbus server; 124 with InOutWRte_SF = -1)."""
+    async with simulated_fleet(1, "battery") as [endpoint], TcpEndpoint(endpoint.host, endpoint.port) as tcp:
+        io = UnitIO(tcp, endpoint.unit)
+        device_map = await discover(io)
+        yield SunSpecControls(io, device_map), io, device_map
+
+
+async def _124(io: UnitIO, device_map: DeviceMap) -> dict[str, Any]:
+    (block,) = await SunSpecReader(io, device_map, {124}).read()
+    return block.points
+
+
+@pytest.mark.parametrize(("pct", "out", "into"), [(40.0, 40.0, -40.0), (-25.5, -25.5, 25.5), (0.0, 0.0, 0.0)])
+async def test_storage_setpoint_is_a_single_point_window(pct: float, out: float, into: float) -> None:
+    async with _battery() as (controls, io, device_map):
+        result = await controls.set_storage_rate_pct(pct, revert_s=45)
+        p = await _124(io, device_map)
+        loc = device_map.find(124)
+        assert loc is not None
+        raw = await io.read(loc.addr + model_def(124).root.point("InWRte").offset, 1)
+    assert (result.model, result.reversion_s, result.reversion_value) == (124, 45, None)
+    assert (p["OutWRte"], p["InWRte"], p["StorCtl_Mod"], p["InOutWRte_RvrtTms"]) == (out, into, 3, 45)
+    assert raw == [round(into * 10) & 0xFFFF]  # signed int16 on the wire, InOutWRte_SF = -1
+
+
+async def test_storage_window_writes_both_limits_with_both_bits() -> None:
+    async with _battery() as (controls, io, device_map):
+        await controls.set_storage_window_pct(70.0, 40.0, revert_s=90)
+        p = await _124(io, device_map)
+    assert (p["OutWRte"], p["InWRte"], p["StorCtl_Mod"], p["InOutWRte_RvrtTms"]) == (70.0, 40.0, 3, 90)
+
+
+@pytest.mark.parametrize(("out", "into", "match"), [
+    (-30.0, 20.0, "window .* is empty"),  # at least 1500 W charging and at least 1000 W discharging at once
+    (120.0, 0.0, "OutWRte 120"),
+    (0.0, -100.5, "InWRte -100.5"),
+])
+async def test_a_storage_window_the_device_cannot_hold_is_refused_unwritten(out: float, into: float,
+                                                                            match: str) -> None:
+    async with _battery() as (controls, io, device_map):
+        before = await _124(io, device_map)
+        with pytest.raises(ValueError, match=match):
+            await controls.set_storage_window_pct(out, into, revert_s=60)
+        assert await _124(io, device_map) == before

@@ -1,12 +1,18 @@
 """Reversion values: what a 704 device falls back to when its timer runs out, programmed with the limit (all of a
-function's reversion points or none), and nothing of the kind on 123, which has no such point."""
+function's reversion points or none), and nothing of the kind on 123 or 124, which have no such point: their timers
+hand the function back to the device."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from gateway.devices import TcpEndpoint, UnitIO
+from gateway.sim import PhysicsSettings, make_devices, serve_tcp
 from gateway.sunspec import SunSpecControls, discover, model_def
 from tests.shared_data import DUMPS, load_dump
+from tests.sim._helpers import FakeClock
 from tests.sunspec.dump_io import DumpIO
 
 from .test_controls import _points
@@ -83,3 +89,23 @@ async def test_a_reversion_value_outside_0_to_100_is_refused() -> None:
     controls = SunSpecControls(io, await discover(io))
     with pytest.raises(ValueError, match="reversion limit 120"):
         await controls.limit_active_power_pct(50.0, revert_s=60, revert_pct=120.0)
+
+
+async def test_124_has_no_reversion_value_its_timer_hands_the_battery_back() -> None:
+    """A 124 setpoint programs ``InOutWRte_RvrtTms`` only; when it runs out ``StorCtl_Mod`` goes to 0 and the battery
+    (simulated, over Modbus TCP) returns to its own logic, here a wish to charge 700 W."""
+    ((_, sim),) = make_devices(["battery"], physics=PhysicsSettings(cloudiness=0.0, noise=0.0, seed=1,
+                                                                    battery_intent_w=-700.0))
+    clock = FakeClock(time.monotonic())
+    sim.clock = clock
+    async with serve_tcp([sim], tick=0) as port, TcpEndpoint("127.0.0.1", port) as tcp:
+        io = UnitIO(tcp, 1)
+        controls = SunSpecControls(io, await discover(io))
+        result = await controls.set_storage_rate_pct(50.0, revert_s=20)
+        assert (result.model, result.reversion_s, result.reversion_value) == (124, 20, None)
+        sim.update(clock.advance(1))
+        assert sim.value(802, "W") == pytest.approx(2500, abs=1)  # the setpoint: 50 % of WChaMax 5000 W
+        sim.update(clock.advance(20))
+        assert sim.value(124, "StorCtl_Mod") == 0
+        sim.update(clock.advance(1))
+        assert sim.value(802, "W") == pytest.approx(-700, abs=1)
