@@ -523,6 +523,8 @@ class TwinConfig(_Section):
         vmax_pu = 1.05
         load_bound = [0.2, 1.2]                # unmeasured loads: this range times their estimate
         source_v_pu = 1.02                     # the source (substation busbar) voltage; default: the feeder's
+        operating_point = "estimate"           # estimate | head-meter | nominal: where each envelope starts;
+                                               # "estimate" falls back to head-meter, then nominal (segment.py)
 
         [[twin.ders]]
         device = "inv-1"
@@ -539,6 +541,7 @@ class TwinConfig(_Section):
     margin_v_pu: Annotated[float, Field(ge=0, le=0.05)] = 0.002
     load_bound: Annotated[tuple[float, float], Field(strict=False)] = (0.2, 1.2)
     source_v_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None  # operating point; default: the feeder's
+    operating_point: Literal["estimate", "head-meter", "nominal"] = "estimate"
     ders: Annotated[tuple[TwinDerConfig, ...], Field(strict=False), AfterValidator(non_empty)]
 
 

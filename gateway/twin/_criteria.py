@@ -11,8 +11,9 @@ Worst-case loads. An envelope must hold for every load inside its interval; volt
 worst at the **minimum** load (the export check) and voltage drop and forward flow at the **maximum** load (the
 import check). A load with an interval in the feeder (``Loads.p_min_w``/``p_max_w``) takes its ends; any other
 load takes its operating-point power times ``Criteria.load_bound`` (default ``(0.2, 1.2)``: 20 % to 120 % of
-the operating point). Reactive power follows active power at the load's own power factor. Set ``load_bound``
-to ``(1.0, 1.0)`` to treat loads without an interval as measured.
+the operating point; a load whose operating-point power is negative, net generation, takes the two ends the other
+way round, so that its minimum is still its least consumption). Reactive power follows active power at the load's
+own power factor. Set ``load_bound`` to ``(1.0, 1.0)`` to treat loads without an interval as measured.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def resolve(criteria: Criteria, feeder: Feeder, *, load_p_w: ArrayLike | None = 
     loads = feeder.loads
     p = _vector(load_p_w, loads.p_w, "load_p_w")
     q = _vector(load_q_var, loads.q_var, "load_q_var")
-    lo, hi = criteria.load_bound
+    bound_lo, bound_hi = criteria.load_bound
+    # a load drawing negative power (net generation: an estimate can say so) consumes least at the bound's high end
+    lo = np.where(p < 0, bound_hi, bound_lo)
+    hi = np.where(p < 0, bound_lo, bound_hi)
     bounded = np.isfinite(loads.p_min_w) & np.isfinite(loads.p_max_w)
     p_lo = np.where(bounded, loads.p_min_w, p * lo)
     p_hi = np.where(bounded, loads.p_max_w, p * hi)

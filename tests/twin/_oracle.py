@@ -8,7 +8,7 @@ loads, the pass/fail reading and the bisection are all here, from the definition
 every phase voltage in [vmin + margin, vmax - margin], every rated line and transformer at most
 max_loading - margin, with all DERs at their limits at once and the unmeasured loads at the worst end of their
 interval (export: the low end; import: the high end; loads without an interval: the operating point times the
-load bound).
+load bound, whose ends swap for a load drawing negative power: its low end is its least consumption).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def worst_loads(feeder: Feeder, p: np.ndarray, q: np.ndarray, rules: Rules, dire
     loads = feeder.loads
     interval = ~np.isnan(loads.p_min_w)
     end = loads.p_min_w if direction == EXPORT else loads.p_max_w
-    factor = rules.load_bound[direction]
+    factor = np.where(p < 0, rules.load_bound[1 - direction], rules.load_bound[direction])
     out_p = np.where(interval, end, p * factor)
     with np.errstate(divide="ignore", invalid="ignore"):
         out_q = np.where(interval, np.where(p != 0, q / p, 0.0) * end, q * factor)

@@ -64,6 +64,20 @@ def test_the_interval_ends_are_the_worst_case_not_the_load_bound() -> None:
     assert lifted.import_w.sum() == pytest.approx(base.import_w.sum(), rel=0.005)  # same top end: 8 kW
 
 
+def test_a_load_drawing_negative_power_is_bounded_at_its_worst_end() -> None:
+    """An operating point (an estimate, say) where a load draws negative power (net generation): the export check
+    takes its most negative end (operating point times the bound's high end), the import check its least, and
+    the envelope holds at both against the AC truth."""
+    feeder = sized(small_feeder(unbalanced=False))
+    engine = PowerFlow(feeder)
+    p, q = feeder.loads.p_w.copy(), feeder.loads.q_var.copy()
+    k = int(np.argmax(p))
+    p[k], q[k] = -p[k], -q[k]
+    result = certify_envelope(engine, EnvelopeRequest(), load_p_w=p, load_q_var=q)
+    assert result.certificate.export.certified
+    assert_matches_truth(engine, result, Policy.EQUAL, p, q, None, Rules())
+
+
 def test_the_linear_estimate_is_corrected_by_ac() -> None:
     """Import from the linear estimate alone would break the voltage floor; the certified envelope does not."""
     feeder = sized(small_feeder(unbalanced=True))
