@@ -35,8 +35,9 @@ log = structlog.get_logger("gateway.daemon")
 
 CYCLE_S = 1.0
 
-#: ``on_envelope(envelope, seconds it took, (export binding, import binding) or None)``.
-OnEnvelope = Callable[[Envelope, float, tuple[str, str] | None], object]
+#: ``on_envelope(envelope, seconds it took, the segment)``: the segment says what bound the envelope
+#: (``last_binding``) and which operating point it started from (``last_operating_point``).
+OnEnvelope = Callable[[Envelope, float, Segment], object]
 
 
 def _open_audit(config: Config) -> AuditLog:
@@ -112,11 +113,12 @@ async def _twin_loop(config: Config, gw: Gateway, segment: Segment, sequence: Se
             log.info("envelope", sequence=envelope.sequence, certified=envelope.certified, reason=envelope.reason,
                      ms=round(elapsed * 1e3, 1), ac_solves=None if cert is None else cert.ac_solves,
                      binding=segment.last_binding,
+                     operating_point=segment.last_operating_point and segment.last_operating_point.as_json(),
                      limits={lim.der_id: [lim.export_w, lim.import_w] for lim in envelope.limits})
             if control is not None:
                 await control.set_envelope(envelope, now, stale=stale)
             if on_envelope is not None:
-                on_envelope(envelope, elapsed, segment.last_binding)
+                on_envelope(envelope, elapsed, segment)
             if uplinks is not None:
                 await uplinks.publish_envelope(envelope)
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -128,8 +130,8 @@ async def run(config: Config, *, duration_s: float | None = None,
     """Run the gateway until SIGTERM/SIGINT, or for ``duration_s`` seconds when given.
 
     ``gateway`` is what :func:`build` made of ``config``, when the caller needs it first (the demo does).
-    ``on_envelope(envelope, seconds, binding)`` hears each envelope the twin made, how long it took and what
-    bound it. A problem found
+    ``on_envelope(envelope, seconds, segment)`` hears each envelope the twin made, how long it took, and the
+    segment (what bound it, the operating point it started from). A problem found
     while starting (a key, the audit log, the feeder) raises :class:`ConfigError` before READY.
     """
     notifier = notifier or Notifier()
