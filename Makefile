@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_uplink
 	$(BIN)/python -m tests.benchmarks.bench_signing
 	$(BIN)/python -m tests.benchmarks.bench_estimate
+	$(BIN)/python -m tests.benchmarks.bench_segment
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -63,6 +63,7 @@ from gateway.twin import (
     EnvelopeRequest,
     EnvelopeResult,
     Estimate,
+    EstimateOptions,
     EstimationError,
     Feeder,
     FeederError,
@@ -71,7 +72,6 @@ from gateway.twin import (
     MeasurementError,
     Measurements,
     ObservabilityError,
-    Phase,
     Policy,
     PowerFlow,
     Reading,
@@ -80,6 +80,7 @@ from gateway.twin import (
     certify_envelope,
     load_feeder,
     operating_point,
+    phase_share,
     with_ders,
 )
 from gateway.types import DerLimit, DeviceState, Envelope, Measurement
@@ -226,7 +227,8 @@ class Segment:
         self._no_estimator: str | None = None
         if self.twin.operating_point == "estimate":
             try:
-                estimator = StateEstimator(self.feeder)
+                # the cycle uses the estimate, not its sigmas: skip the finite-difference covariance
+                estimator = StateEstimator(self.feeder, EstimateOptions(uncertainty=False))
                 if not self.feeder.balanced:  # the losses downstream of the head meter (_priors_given_total)
                     self._downstream = PowerFlow(estimator.cut.feeder)
             except TwinError as exc:
@@ -318,7 +320,7 @@ class Segment:
         docstring)."""
         assert readings.totals is not None
         w, var, sp, sq = readings.totals
-        loads, ders = _phase_share(self.feeder.loads.phase), _phase_share(self.feeder.ders.phase)
+        loads, ders = phase_share(self.feeder.loads.phase), phase_share(self.feeder.ders.phase)
         heads = []
         for total, sigma, load, der in ((w, sp, first.load_p_w[0], first.der_p_w[0]),
                                         (var, sq, first.load_q_var[0], first.der_q_var[0])):
@@ -471,15 +473,6 @@ class Segment:
 
     def _default(self, now: float, valid_until: float, sequence: int, reason: str) -> Envelope:
         return Envelope(self.issuer, sequence, now, valid_until, self.defaults.limits, False, None, reason)
-
-
-def _phase_share(phase: NDArray[np.int8]) -> FloatArray:
-    """``(n, 3)``: the share of each element's power on phases a, b, c (a third each for three-phase)."""
-    share = np.zeros((phase.shape[0], 3))
-    share[phase == Phase.ABC] = 1.0 / 3.0
-    for k in (Phase.A, Phase.B, Phase.C):
-        share[phase == k, k - 1] = 1.0
-    return share
 
 
 def _value(x: float | None) -> float:

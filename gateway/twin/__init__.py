@@ -58,6 +58,7 @@ from gateway.twin._measurements import MeasurementError, Measurements, Reading
 from gateway.twin._opendss import from_opendss
 from gateway.twin._operating_point import OperatingPoint, operating_point
 from gateway.twin._pandapower import from_pandapower
+from gateway.twin._pgm import phase_share
 from gateway.twin._priors import LoadPriors, load_priors
 from gateway.twin._sensitivity import with_ders
 from gateway.twin._validate import assert_valid_feeder, validate_feeder
@@ -121,6 +122,7 @@ __all__ = [
     "load_feeder",
     "load_priors",
     "operating_point",
+    "phase_share",
     "validate_feeder",
     "with_ders",
 ]

@@ -8,6 +8,7 @@ Owns :class:`StateEstimator` (built once per feeder, estimates batches), :class:
     est = estimator.estimate(m)                              # S scenarios (rows); a single one is a batch of one
     est.v_pu, est.v_sigma_pu                                 # (S, n_bus, 3) phase voltages and their 1-sigma
     est.load_p_w, est.load_p_sigma_w                         # (S, n_load) each load's P (and Q) and its 1-sigma
+    StateEstimator(feeder, EstimateOptions(uncertainty=False))  # the same values without sigmas (see below)
 
 The estimate. power-grid-model's weighted-least-squares state estimation (Newton-Raphson by default, the WLS
 optimum; or its iterative linear method, a slightly less efficient estimate; symmetric on balanced feeders,
@@ -52,12 +53,23 @@ DER voltages in an asymmetric estimate: power-grid-model 1.12 has no single-phas
 applied after the solve as a linear-Gaussian (Kalman, Joseph form) update of every output, with the covariance
 above: what adding them to the linearised WLS would do. In a symmetric estimate they are PGM voltage sensors.
 
+Without the uncertainty (``EstimateOptions(uncertainty=False)``, for a caller that uses the estimate and not its
+sigmas): one PGM estimate per scenario instead of ``1 + m``, the same values (the same PGM calls on the same
+inputs), every ``*_sigma*`` NaN and ``losses_w`` NaN (its correction above is made of the covariance). Except in
+an asymmetric estimate with DER voltage readings: those are applied through the covariance, so its finite
+differences still run (the values stay the same, the cost does too) and are then dropped. A scenario counts as
+solved when its one estimate solves (with the uncertainty: when all ``1 + m`` do at the same power scale).
+
 Measured (tests/twin/test_estimate.py): over 200 noisy draws on Baran-Wu's feeder and 16 on the European LV one
 (and 8 more seeds of each, run by hand), errors / sigma are standard normal for voltages, loads, DERs, head flow
 and losses; pandapower's own WLS estimator finds the same state to 1e-13 pu. Cost (tests/benchmarks/
 bench_estimate.py, 2-core machine under other load): Baran-Wu with 3 DERs ~15 ms per scenario with every sigma
 (pandapower's WLS estimate alone: ~60 ms); the European LV feeder ~0.2-0.4 s per scenario (129 asymmetric PGM
 estimates of ~1-3 ms on its reduced network).
+Without the uncertainty (tests/benchmarks/bench_segment.py, the daemon's point from one scenario): Baran-Wu ~2 ms
+instead of ~10 ms; the European LV feeder no faster (~0.33 s, two estimates), its DER voltage readings needing the
+covariance (without them, by hand over 24 draws of tests/test_segment.py: ~11 ms, but voltages no closer to the
+truth than head-meter scaling's).
 """
 
 from __future__ import annotations
@@ -98,6 +110,7 @@ class EstimateOptions:
     ``head``: where the head meter sits (:func:`gateway.twin._estimate_model.cut_at_head`).
     ``reduce``: estimate on the exact reduction of the network (:mod:`gateway.twin._reduce`).
     ``step``: the finite-difference step of the uncertainty, in sigmas of the moved reading.
+    ``uncertainty``: False skips the finite-difference covariance: same values, every sigma and ``losses_w`` NaN.
     """
 
     method: str = "newton_raphson"
@@ -106,6 +119,7 @@ class EstimateOptions:
     error_tolerance: float | None = None  # pu voltage; None: 1e-10 (Newton-Raphson), 1e-8 (iterative linear)
     max_iterations: int | None = None  # None: 30 (Newton-Raphson), 500 (iterative linear: linear convergence)
     step: float = 0.1
+    uncertainty: bool = True
 
     @property
     def tolerance(self) -> float:
@@ -127,6 +141,9 @@ class EstimateOptions:
         if not (math.isfinite(self.tolerance) and self.tolerance > 0) or self.iterations < 1:
             issues.append(FeederIssue("estimator", "error_tolerance", (), "needs error_tolerance > 0 and "
                                                                          "max_iterations >= 1"))
+        if not isinstance(self.uncertainty, bool):
+            issues.append(FeederIssue("estimator", "uncertainty", (), f"expected true or false, got "
+                                                                      f"{self.uncertainty!r}"))
         if not (math.isfinite(self.step) and 0 < self.step <= 1):
             issues.append(FeederIssue("estimator", "step", (), f"expected 0 < step <= 1 sigma, got {self.step!r}"))
         if issues:
@@ -146,6 +163,8 @@ class Estimate:
     - ``losses_w`` ``(S,)``: active losses downstream of the head meter.
     - ``readings`` ``(S,)``: how many readings (priors included) the uncertainty propagates.
     - ``head_bus``: the bus the head meter measures (index into the feeder's buses).
+    - ``uncertainty``: False when made with ``EstimateOptions(uncertainty=False)``: then every ``*_sigma*`` array
+      and ``losses_w`` (the expected losses need the covariance) are NaN; every other value is the same.
 
     A sigma is NaN when a finite-difference estimate of its scenario did not converge.
     """
@@ -170,6 +189,7 @@ class Estimate:
     readings: NDArray[np.intp]
     head_bus: int
     method: str
+    uncertainty: bool = True
 
     @property
     def scenarios(self) -> int:
@@ -322,7 +342,8 @@ class StateEstimator:
     def _estimate_group(self, pattern: Pattern, value: FloatArray, sigma: FloatArray, index: NDArray[np.intp],
                         alpha: float, est: _Blank) -> None:
         """Estimate one group of scenarios sharing a pattern: per scenario the estimate and ``m``
-        finite-difference estimates in one batch, at the first power scale that solves them all."""
+        finite-difference estimates in one batch, at the first power scale that solves them all (``m`` = 0 without
+        the uncertainty, unless DER voltage readings are applied after the solve: that needs the covariance)."""
         c = self._columns
         present = ~np.isnan(value[0])
         post = np.zeros(c.width, dtype=bool)
@@ -330,11 +351,12 @@ class StateEstimator:
             post[c.der_v] = True  # applied after the solve (no single-phase voltage sensor in PGM)
         channels = np.flatnonzero(present & ~post)
         updates = np.flatnonzero(present & post) - c.der_v.start
-        m, step = channels.size, self.options.step
+        est.readings[index] = channels.size + updates.size
+        moved = channels if self.options.uncertainty or updates.size else channels[:0]
+        m, step = moved.size, self.options.step
         rows = np.repeat(value[:, None, :], m + 1, axis=1)
-        rows[:, 1 + np.arange(m), channels] += step * sigma[:, channels]
+        rows[:, 1 + np.arange(m), moved] += step * sigma[:, moved]
         sigmas = np.repeat(sigma[:, None, :], m + 1, axis=1)
-        est.readings[index] = m + updates.size
         pending = np.arange(value.shape[0])
         for scale in scales(alpha):
             out = self._model(pattern, scale).run(rows[pending].reshape(-1, c.width),
@@ -357,8 +379,8 @@ class StateEstimator:
         if updates.size:
             base, spread = self._der_voltages(base, spread, updates, value[k], sigma[k])
         o = self._out
-        complex_spread = spread[o.sl(8)] + 1j * spread[o.sl(9)]
-        base[o.sl(7)] += self._loss_gap(complex_spread)
+        if self.options.uncertainty:  # without it the expected losses are not reported (NaN)
+            base[o.sl(7)] += self._loss_gap(spread[o.sl(8)] + 1j * spread[o.sl(9)])
         est.converged[s] = True
         est.y[s] = base
         est.var[s] = np.einsum("ij,ij->i", spread, spread)
@@ -408,8 +430,11 @@ class StateEstimator:
         return float(np.einsum("lpk,lpq,lqk->", np.conj(dv), g, dv).real)
 
     def _result(self, est: _Blank) -> Estimate:
-        size, o, feeder = est.converged.shape[0], self._out, self.feeder
+        size, o, feeder, uncertainty = est.converged.shape[0], self._out, self.feeder, self.options.uncertainty
         y, sd = est.y, np.sqrt(est.var)
+        if not uncertainty:  # nothing computed from the covariance leaves (module docstring)
+            sd = np.full_like(sd, np.nan)
+            y[:, o.sl(7)] = np.nan
         n_cut = len(self.cut.feeder.buses)
         v = np.full((size, len(feeder.buses), 3), np.nan, dtype=FLOAT)
         v_sd = np.full_like(v, np.nan)
@@ -417,9 +442,10 @@ class StateEstimator:
         vs = sd[:, o.sl(0)].reshape(size, n_cut, self._phases)
         v[:, self.cut.bus_from, :] = vc if self._phases == 3 else np.repeat(vc, 3, axis=2)
         v_sd[:, self.cut.bus_from, :] = vs if self._phases == 3 else np.repeat(vs, 3, axis=2)
+        sigmas = (f"1-sigma by the linearised estimator: finite differences of {self.options.step:g} sigma per "
+                  "reading" if uncertainty else "no 1-sigma (EstimateOptions.uncertainty=False)")
         method = (f"power-grid-model WLS state estimation ({self.options.method}, "
-                  f"{'symmetric' if self.symmetric else 'asymmetric'}); 1-sigma by the linearised estimator: "
-                  f"finite differences of {self.options.step:g} sigma per reading")
+                  f"{'symmetric' if self.symmetric else 'asymmetric'}); {sigmas}")
         return Estimate(
             converged=est.converged, v_pu=v, v_sigma_pu=v_sd,
             load_p_w=y[:, o.sl(1)], load_p_sigma_w=sd[:, o.sl(1)],
@@ -430,6 +456,7 @@ class StateEstimator:
             head_q_var=y[:, o.sl(6)][:, 0], head_q_sigma_var=sd[:, o.sl(6)][:, 0],
             losses_w=y[:, o.sl(7)][:, 0], losses_sigma_w=sd[:, o.sl(7)][:, 0],
             readings=est.readings, head_bus=int(self.cut.bus_from[self.cut.feeder.source.bus]), method=method,
+            uncertainty=uncertainty,
         )
 
 

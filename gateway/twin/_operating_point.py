@@ -15,7 +15,10 @@ The envelope can start from the point in two ways::
     certify_envelope(PowerFlow(op.feeder()), request)   # every load's interval: its estimate +- k_sigma sigma
 
 The first bounds loads by the request's ``load_bound`` around the estimate; the second by the estimate's own
-uncertainty (unmeasured loads as intervals, ARCHITECTURE.md step 1), which is what the estimate supports.
+uncertainty (unmeasured loads as intervals, ARCHITECTURE.md step 1), which is what the estimate supports. An
+estimate made without its uncertainty (``EstimateOptions(uncertainty=False)``) gives the point but no intervals:
+they are NaN and :meth:`OperatingPoint.feeder` refuses (a load without an interval would silently fall back to
+``load_bound``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class OperatingPoint:
     """One estimated operating point in the power flow's terms (feeder order).
 
     ``load_p_w``/``load_q_var`` ``(n_load,)``: nominal powers that draw the estimated ones at the estimated
-    voltages. ``load_p_min_w``/``load_p_max_w``: the same for the estimate -+ ``k_sigma`` sigma (an interval).
+    voltages. ``load_p_min_w``/``load_p_max_w``: the same for the estimate -+ ``k_sigma`` sigma (an interval);
+    NaN when the estimate has no uncertainty (``intervals`` False).
     ``der_p_w``/``der_q_var`` ``(n_der,)``: the estimated DER output. ``source_v_pu``: the source voltage that
     gives the estimated head-bus voltage (``head_v_pu``, the mean of its phases) under all of it.
     """
@@ -62,9 +66,15 @@ class OperatingPoint:
     source_v_pu: float
     head_v_pu: float
     k_sigma: float
+    intervals: bool = True
 
     def feeder(self) -> Feeder:
-        """The feeder at this point: loads at their nominal powers with the intervals, the source voltage."""
+        """The feeder at this point: loads at their nominal powers with the intervals, the source voltage. Raises
+        :class:`ScenarioError` when the estimate had no uncertainty to make the intervals of."""
+        if not self.intervals:
+            raise ScenarioError("the operating point has no load intervals: its estimate was made with "
+                                "EstimateOptions(uncertainty=False); estimate with uncertainty=True, or certify "
+                                "with load_p_w/load_q_var and the request's load_bound")
         f = self.feeder_model
         loads = dataclasses.replace(f.loads, p_w=self.load_p_w, q_var=self.load_q_var, p_min_w=self.load_p_min_w,
                                     p_max_w=self.load_p_max_w)
@@ -103,14 +113,15 @@ def operating_point(engine: PowerFlow, estimate: Estimate, row: int = 0, *, k_si
     v = estimate.v_pu[row]
     factor = _factors(feeder, np.where(np.isfinite(v), v, 1.0))
     p, q = estimate.load_p_w[row], estimate.load_q_var[row]
-    spread = k_sigma * estimate.load_p_sigma_w[row]
+    spread = k_sigma * estimate.load_p_sigma_w[row]  # NaN without the uncertainty: no intervals (feeder() refuses)
     der_p, der_q = estimate.der_p_w[row], estimate.der_q_var[row]
     head = estimate.head_bus
     target = float(np.mean(v[head]))
     source = _source_voltage(engine, p / factor, q / factor, der_p, der_q, head, target)
     return OperatingPoint(feeder, (p / factor).astype(FLOAT), (q / factor).astype(FLOAT),
                           ((p - spread) / factor).astype(FLOAT), ((p + spread) / factor).astype(FLOAT),
-                          der_p.astype(FLOAT), der_q.astype(FLOAT), source, target, float(k_sigma))
+                          der_p.astype(FLOAT), der_q.astype(FLOAT), source, target, float(k_sigma),
+                          estimate.uncertainty)
 
 
 def _source_voltage(engine: PowerFlow, p: FloatArray, q: FloatArray, der_p: FloatArray, der_q: FloatArray,

@@ -2,12 +2,18 @@
 
 Run: ``.venv/bin/python -m tests.benchmarks.bench_segment [--quick]``.
 
-Per bundled feeder (Baran-Wu 33-bus with three 500 kW DERs; the IEEE European LV feeder with three 5 kW
-inverters on phase b), from the readings of one true state (tests/test_segment.py): the time to make the operating
-point (``Segment.starting_point``: the state estimate(s) and ``operating_point``, or the scaling) and the time of
-a whole cycle (``Segment.envelope``: the point and the certified envelope), for ``operating_point = "estimate"``
-beside ``"head-meter"``; and the first estimate of a fresh segment (it builds power-grid-model's estimation
-models, kept for the next cycles). Medians; in every round the contenders take turns.
+Prints, per bundled feeder (Baran-Wu 33-bus with three 500 kW DERs; the IEEE European LV feeder with three 5 kW
+inverters on phase b), from the readings of one true state (tests/test_segment.py), median milliseconds of:
+
+- ``operating point``: making the point (``Segment.starting_point``): the state estimate(s) without their
+  uncertainty and ``operating_point``, beside the reference, head-meter scaling (``operating_point =
+  "head-meter"``: one multiplication, the cheapest point the segment makes);
+- ``whole envelope cycle``: ``Segment.envelope`` (the point and the certified envelope), the same two side by side:
+  what the estimate adds to a cycle;
+- ``first estimate (cold)``: the first point of a fresh segment (it builds power-grid-model's estimation models,
+  kept for the next cycles), one run, no reference.
+
+The first two are medians of 9 rounds (3 with ``--quick``); in every round the contenders take turns.
 """
 
 from __future__ import annotations

@@ -333,3 +333,74 @@ def test_iterative_linear_is_a_slightly_less_efficient_estimate_of_the_same_stat
         ratio = getattr(il, sigma) / getattr(nr, sigma)
         assert ratio.min() > 0.999, sigma
         assert ratio.max() < 1.1, sigma
+
+
+# -- without the uncertainty ----------------------------------------------------------------------------------------
+def assert_same_values_without_sigmas(full: Estimate, bare: Estimate) -> None:
+    """``bare`` (uncertainty off) has every value of ``full`` (to 1e-12), every sigma and the expected losses NaN,
+    and says so; ``full`` had them all."""
+    assert full.uncertainty
+    assert not bare.uncertainty
+    assert "uncertainty=False" in bare.method
+    assert full.converged.all()
+    for f in dataclasses.fields(Estimate):
+        a, b = getattr(full, f.name), getattr(bare, f.name)
+        if f.name in ("method", "uncertainty"):
+            continue
+        if "_sigma" in f.name or f.name == "losses_w":
+            assert np.isnan(b).all(), f.name
+            assert np.isfinite(a).any(), f.name
+        elif np.asarray(a).dtype.kind == "f":
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=f.name)
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=f.name)
+
+
+def pgm_estimates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many PGM state estimates each call of the (real) estimation model runs."""
+    from gateway.twin._estimate_pgm import SeModel
+
+    counts: list[int] = []
+    run = SeModel.run
+
+    def counting(self: SeModel, value: np.ndarray, sigma: np.ndarray) -> object:
+        counts.append(value.shape[0])
+        return run(self, value, sigma)
+
+    monkeypatch.setattr(SeModel, "run", counting)
+    return counts
+
+
+def test_without_uncertainty_baran_wu_gives_the_same_values_from_one_pgm_estimate_per_scenario(
+        baran_wu: Feeder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five noisy scenarios with AMI on some loads: the same estimate, no sigmas, and one PGM estimate per
+    scenario instead of 1 + m (DER voltages are PGM sensors in a symmetric estimate: nothing needs the
+    covariance)."""
+    truth, priors, rng = draw(baran_wu, 5, seed=14)
+    m = readings(baran_wu, truth, rng, ami=np.array([2, 9]))
+    counts = pgm_estimates(monkeypatch)
+    full = StateEstimator(baran_wu, priors=priors).estimate(m)
+    assert sum(counts) == 5 * (1 + int(full.readings[0]))
+    counts.clear()
+    bare = StateEstimator(baran_wu, EstimateOptions(uncertainty=False), priors=priors).estimate(m)
+    assert sum(counts) == 5
+    assert_same_values_without_sigmas(full, bare)
+
+
+def test_without_uncertainty_the_european_lv_feeder_gives_the_same_values(
+        european_lv: Feeder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asymmetric estimate, two scenarios. Without DER voltage readings: one PGM estimate per scenario. With them
+    (applied after the solve through the covariance) the finite differences still run, for the same values."""
+    truth, priors, rng = draw(european_lv, 2, seed=15)
+    full_est = StateEstimator(european_lv, priors=priors)
+    bare_est = StateEstimator(european_lv, EstimateOptions(uncertainty=False), priors=priors)
+    counts = pgm_estimates(monkeypatch)
+    for der_v in (False, True):
+        m = readings(european_lv, truth, rng, der_v=der_v)
+        counts.clear()
+        full = full_est.estimate(m)
+        with_sigmas = sum(counts)
+        counts.clear()
+        bare = bare_est.estimate(m)
+        assert sum(counts) == (with_sigmas if der_v else 2), f"der_v={der_v}"
+        assert_same_values_without_sigmas(full, bare)

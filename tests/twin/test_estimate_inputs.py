@@ -121,6 +121,8 @@ def test_options_are_checked() -> None:
         EstimateOptions(step=0.0)
     with pytest.raises(MeasurementError, match="error_tolerance"):
         EstimateOptions(error_tolerance=-1.0)
+    with pytest.raises(MeasurementError, match="uncertainty"):
+        EstimateOptions(uncertainty="no")  # type: ignore[arg-type]
     assert EstimateOptions(method="iterative_linear").iterations > EstimateOptions().iterations
 
 

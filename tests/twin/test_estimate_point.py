@@ -9,6 +9,7 @@ import pytest
 
 from gateway.twin import (
     EnvelopeRequest,
+    EstimateOptions,
     EstimationError,
     Feeder,
     FlowResult,
@@ -117,3 +118,24 @@ def test_operating_point_refuses_what_it_cannot_use() -> None:
                                                              for f in dataclasses.fields(loads)}))
     with pytest.raises(ScenarioError, match="another feeder"):
         operating_point(PowerFlow(fewer), est)
+
+
+def test_an_estimate_without_uncertainty_gives_the_same_point_and_no_intervals() -> None:
+    """The point (loads, DERs, source voltage) is the one the full estimate gives; the intervals, which need the
+    sigmas, are NaN, and the point's feeder is refused naming the option rather than built with loads that would
+    silently take the request's load_bound."""
+    feeder = small_feeder(unbalanced=False, banded=True)
+    engine = PowerFlow(feeder)
+    m, _, _ = measure(feeder, engine, 0.01, seed=4)
+    full = operating_point(engine, StateEstimator(feeder).estimate(m))
+    bare = operating_point(engine, StateEstimator(feeder, EstimateOptions(uncertainty=False)).estimate(m))
+    for name in ("load_p_w", "load_q_var", "der_p_w", "der_q_var", "source_v_pu", "head_v_pu"):
+        np.testing.assert_allclose(getattr(bare, name), getattr(full, name), rtol=1e-12, err_msg=name)
+    assert full.intervals
+    assert not bare.intervals
+    assert np.isfinite(full.load_p_min_w).all()
+    assert np.isnan(bare.load_p_min_w).all()
+    assert np.isnan(bare.load_p_max_w).all()
+    assert np.isfinite(full.feeder().loads.p_min_w).all()
+    with pytest.raises(ScenarioError, match=r"EstimateOptions\(uncertainty=False\)"):
+        bare.feeder()
