@@ -1,12 +1,17 @@
 """``gridedge demo``: the whole data path on one machine — devices -> twin -> envelope -> dispatch and uplinks.
 
 Built-in defaults only (nothing outside the package is read): simulated SunSpec devices on loopback (three PV
-inverters and a battery), the IEEE European LV feeder bundled with pandapower with the inverters at its far end on
-one phase (where export is voltage-limited), a development PKI in a temporary directory, a local mosquitto on a free
-loopback port when ``/usr/sbin/mosquitto`` exists (else the demo says so and runs without MQTT), an in-process
-OpenADR VTN, and a head-end that verifies every signed message and signs commands. It prints the telemetry the
-head-end verified, each envelope with its certificate, the head-end's commands and what dispatch made of them
-(clamped to the envelope, and which constraint bound), a tampered command being refused, and the audit log.
+inverters, a battery and the feeder's head meter), the IEEE European LV feeder bundled with pandapower (built once,
+handed to the daemon as a feeder file in the demo's temporary directory) with the inverters at its far end on one
+phase (where export is voltage-limited) and the battery behind the next far-end customer's meter (on the feeder, not
+an envelope holder of the twin), the devices put on that feeder by a power flow every second
+(:mod:`gateway._demogrid`: each device's voltage and the head meter's flow and voltage come from it, the loads about
+half their nominal; ``--log-level debug`` logs its truth beside each cycle's estimate), a development PKI in the
+temporary directory, a local mosquitto on a free loopback port when ``/usr/sbin/mosquitto`` exists (else the demo
+says so and runs without MQTT), an in-process OpenADR VTN, and a head-end that verifies every signed message and
+signs commands. It prints the telemetry the head-end verified, each envelope with its certificate, the head-end's
+commands and what dispatch made of them (clamped to the envelope, and which constraint bound), a tampered command
+being refused, and the audit log.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -22,22 +28,36 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import build_config
-from gateway.daemon import build, run
+import numpy as np
+import structlog
+
+from gateway._demogrid import DemoGrid, Placement
+from gateway.config import Config, build_config
+from gateway.daemon import Gateway, build, device_states, run
 from gateway.devices import Reading
 from gateway.pki import Identity, fingerprint, init_dev_pki, load_certificate
-from gateway.sim import DeviceSpec, make_devices, serve_fleet
+from gateway.segment import Segment, open_feeder
+from gateway.sim import DeviceSpec, PhysicsSettings, SimulatedDevice, make_devices, serve_fleet
+from gateway.twin import Feeder, TwinError, dump_feeder
 from gateway.types import Authority, Envelope
 from gateway.uplink import EnvelopeMessage, EventMessage, TelemetryMessage
 from gateway.uplink._devbroker import dev_broker, find_mosquitto
 from gateway.uplink._devheadend import DevHeadEnd
 from gateway.uplink._devvtn import DevVtn, ReportValue, openadr_fingerprint
 
+log = structlog.get_logger("gateway.demo")
+
 SITE, GATEWAY = "demo-site", "demo-gw"
 FEEDER = "builtin:ieee-european-lv"
-#: Far-end customers of the European LV feeder on phase b: the inverters connect here, in this order.
+#: Far-end customers of the European LV feeder on phase b: the inverters connect here, in this order, then the
+#: batteries (on the feeder for the demo's power flow only).
 FAR_END_BUSES = ("899", "886", "898", "906", "835", "780")
+DER_PHASE = "b"
+SOURCE_V_PU = 1.025
+#: The simulated devices' nominal phase voltage: the bundled feeder's LV side is 416 V line to line.
+V_NOM = 240.0
 TWIN_INTERVAL_S = 5.0
+GRID_INTERVAL_S = 1.0  # the demo grid's power flow
 TELEMETRY_S = 5.0
 HEADEND = "demo-headend"
 #: When the head-end sends its commands, after the first certified envelope (seconds).
@@ -56,11 +76,18 @@ class Printer:
         self.t0 = time.monotonic()
         self.certified = asyncio.Event()
         self._vtn_seen: dict[tuple[str, str], float] = {}
+        self._point: tuple[str, str | None] | None = None  # the operating point's mode and fallback, last said
 
     def say(self, who: str, text: str) -> None:
         print(f"{time.monotonic() - self.t0:6.1f}s  {who:<9} {text}", file=self.out, flush=True)
 
-    def envelope(self, env: Envelope, elapsed_s: float, binding: tuple[str, str] | None) -> None:
+    def envelope(self, env: Envelope, elapsed_s: float, segment: Segment) -> None:
+        binding = segment.last_binding
+        point = segment.last_operating_point
+        if point is not None and (point.mode, point.reason) != self._point:
+            self._point = (point.mode, point.reason)
+            why = f" (fallback: {point.reason})" if point.reason else ""
+            self.say("twin", f"operating point: {point.mode}, made in {point.seconds * 1e3:.0f} ms{why}")
         limits = {lim.der_id: (lim.export_w, lim.import_w) for lim in env.limits}
         values = set(limits.values())
         if len(values) == 1:
@@ -191,21 +218,44 @@ async def _commands(headend: DevHeadEnd, printer: Printer, broker_prefix: str, b
     headend.publish(topic, tampered)
 
 
-def _config(served: list[Any], tmp: Path, pki: Mapping[str, Identity], *, broker: Any, vtn: DevVtn) -> dict[str, Any]:
+def _device_ids(served: list[Any]) -> list[str]:
+    """Each served device's id in the demo's config (``inverter-1``, ``battery-1``, ``meter-1``, ...), in order."""
+    counts: dict[str, int] = {}
+    ids = []
+    for s in served:
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+        ids.append(f"{s.kind}-{counts[s.kind]}")
+    return ids
+
+
+def _placements(config: Config) -> list[Placement]:
+    """Where the demo grid puts the devices: each envelope holder where ``[twin]`` has it, then each battery at the
+    next far-end bus (while there is one; a device without a place keeps its own voltage model)."""
+    if config.twin is None:
+        return []
+    placed = [Placement(d.device, d.bus, d.phase) for d in config.twin.ders]
+    batteries = [d.id for d in config.devices if d.role == "battery"]
+    free = FAR_END_BUSES[len(placed):]
+    return placed + [Placement(b, bus, DER_PHASE) for b, bus in zip(batteries, free, strict=False)]
+
+
+def _config(served: list[Any], tmp: Path, pki: Mapping[str, Identity], *, broker: Any, vtn: DevVtn,
+            feeder: str = FEEDER) -> dict[str, Any]:
     devices: list[dict[str, Any]] = []
     customer: dict[str, dict[str, float]] = {}
     twin_ders: list[dict[str, str]] = []
-    counts: dict[str, int] = {}
-    for s in served:
-        counts[s.kind] = counts.get(s.kind, 0) + 1
-        device_id = f"{s.kind}-{counts[s.kind]}"
+    for s, device_id in zip(served, _device_ids(served), strict=True):
+        if s.kind == "meter":  # the head meter of the feeder segment: what the state estimate starts from
+            devices.append({"id": device_id, "host": s.endpoint.host, "port": s.endpoint.port,
+                            "unit": s.endpoint.unit, "role": "meter", "poll_interval_s": 1.0})
+            continue
         role = "battery" if s.kind == "battery" else "inverter"
         devices.append({"id": device_id, "host": s.endpoint.host, "port": s.endpoint.port, "unit": s.endpoint.unit,
                         "role": role, "rated_w": 5000.0, "poll_interval_s": 1.0})
         customer[device_id] = {"export_w": 5000.0, "import_w": 0.0} if role == "inverter" else {
             "export_w": 3000.0, "import_w": 3000.0}
         if role == "inverter" and len(twin_ders) < len(FAR_END_BUSES):
-            twin_ders.append({"device": device_id, "bus": FAR_END_BUSES[len(twin_ders)], "phase": "b"})
+            twin_ders.append({"device": device_id, "bus": FAR_END_BUSES[len(twin_ders)], "phase": DER_PHASE})
     batteries = {d["id"]: {"export_w": 2000.0, "import_w": 2000.0} for d in devices if d["role"] == "battery"}
     config: dict[str, Any] = {
         "site": {"id": SITE, "gateway_id": GATEWAY},
@@ -220,8 +270,8 @@ def _config(served: list[Any], tmp: Path, pki: Mapping[str, Identity], *, broker
                                "report_min_period_s": 5, "report_max_period_s": 60}},
     }
     if twin_ders:
-        config["twin"] = {"feeder": FEEDER, "interval_s": TWIN_INTERVAL_S, "validity_s": 6 * TWIN_INTERVAL_S,
-                          "policy": "equal", "source_v_pu": 1.025, "load_bound": [0.3, 1.1], "ders": twin_ders}
+        config["twin"] = {"feeder": feeder, "interval_s": TWIN_INTERVAL_S, "validity_s": 6 * TWIN_INTERVAL_S,
+                          "policy": "equal", "source_v_pu": SOURCE_V_PU, "load_bound": [0.3, 1.1], "ders": twin_ders}
     if broker is not None:
         config["uplink"]["mqtt"] = {"host": broker.host, "port": broker.port, "ca": str(pki["gateway"].ca),
                                     "cert": str(pki["gateway"].cert), "key": str(pki["gateway"].key)}
@@ -230,15 +280,73 @@ def _config(served: list[Any], tmp: Path, pki: Mapping[str, Identity], *, broker
     return config
 
 
+def _bundled_feeder(path: Path) -> Feeder:
+    """The demo's feeder (pandapower builds it: slow), also written to ``path`` as a gridedge feeder file for the
+    daemon: the twin and the demo grid then stand on the very same feeder, built once."""
+    feeder = open_feeder(FEEDER)
+    dump_feeder(feeder, path)
+    return feeder
+
+
+async def _grid(config: Config, served: list[Any], devices: list[tuple[str, SimulatedDevice]],
+                feeder: Feeder) -> DemoGrid | None:
+    """The demo grid over the devices as ``config`` names them (None without a twin), built off the event loop and
+    stepped once, so that the gateway's first readings already come from its power flow."""
+    if config.twin is None:
+        return None
+    by_id = {device_id: device for device_id, (_, device) in zip(_device_ids(served), devices, strict=True)}
+    meter = next((d.id for d in config.devices if d.role == "meter"), None)
+    source = config.twin.source_v_pu if config.twin.source_v_pu is not None else feeder.source.v_pu
+    grid = await asyncio.to_thread(DemoGrid, feeder, by_id, _placements(config), meter=meter, source_v_pu=source)
+    await grid.step()
+    return grid
+
+
+async def _estimate_vs_truth(segment: Segment, gw: Gateway, grid: DemoGrid) -> None:
+    """Debug: the operating point the segment estimates from the fleet's state now, beside the demo grid's last step.
+
+    The estimate's side is the flow at its loads and source voltage with the twin's DERs at their true outputs; a
+    device the twin does not hold (the battery) is behind a customer's meter to it, so its output is in the estimated
+    loads, and the true ``load_p_w`` is shown net of it. ``der_v_error_pu``: the largest error at the twin's DERs.
+    """
+    truth = grid.last
+    if truth is None:
+        return
+    point = await asyncio.to_thread(segment.starting_point, device_states(gw.fleet.snapshot()))
+    if point.load_p_w is None or point.load_q_var is None or point.source_v_pu is None:
+        log.debug("estimate_vs_truth", operating_point=point.used.mode, reason="no estimated loads this cycle")
+        return
+    held = np.array([p.device in {d.device for d in segment.twin.ders} for p in grid.placements], dtype=bool)
+    try:
+        est = await asyncio.to_thread(grid.flow, truth.der_p_w * held, truth.der_q_var * held, point.load_p_w,
+                                      point.load_q_var, point.source_v_pu)
+    except (TwinError, ValueError) as exc:
+        log.debug("estimate_vs_truth", operating_point=point.used.mode, error=str(exc))
+        return
+    net_load = float(truth.load_p_w.sum() - truth.der_p_w[~held].sum())
+    log.debug("estimate_vs_truth", operating_point=point.used.mode,
+              head_p_w=[round(truth.head_p_w), round(est.head_p_w)],
+              head_q_var=[round(truth.head_q_var), round(est.head_q_var)],
+              head_v_pu=[round(truth.head_v_pu, 5), round(est.head_v_pu, 5)],
+              load_p_w=[round(net_load), round(float(est.load_p_w.sum()))],
+              source_v_pu=[round(truth.source_v_pu, 5), round(est.source_v_pu, 5)],
+              der_v_error_pu=round(float(abs(est.der_v_pu - truth.der_v_pu)[held].max(initial=0.0)), 5))
+
+
 async def demo(inverters: int = 3, batteries: int = 1, duration_s: float | None = None,
                out: TextIO = sys.stdout) -> None:
     specs = [DeviceSpec("inverter", inverters)] if inverters else []
     specs += [DeviceSpec("battery", batteries)] if batteries else []
+    specs += [DeviceSpec("meter", 1)]  # the head meter at the feeder's LV busbar
     printer = Printer(out)
     with tempfile.TemporaryDirectory(prefix="gridedge-demo-") as tmp_name:
         tmp = Path(tmp_name)
+        # the feeder (the twin's and the demo grid's), built while the PKI, the devices, the broker and the VTN start
+        feeder_file = tmp / "feeder.json"
+        loading = asyncio.ensure_future(asyncio.to_thread(_bundled_feeder, feeder_file)) if inverters else None
         pki = init_dev_pki(tmp / "pki")
-        async with serve_fleet(make_devices(specs)) as served, AsyncExitStack() as stack:
+        devices = make_devices(specs, physics=PhysicsSettings(v_nom=V_NOM))
+        async with serve_fleet(devices) as served, AsyncExitStack() as stack:
             endpoints = ", ".join(sorted({f"{s.endpoint.host}:{s.endpoint.port}" for s in served}))
             printer.say("demo", f"{len(served)} simulated SunSpec devices on {endpoints}")
             binary = find_mosquitto()
@@ -254,15 +362,26 @@ async def demo(inverters: int = 3, batteries: int = 1, duration_s: float | None 
             await vtn.start()
             stack.push_async_callback(vtn.stop)
             printer.say("demo", f"OpenADR 2.0b VTN on {vtn.url}")
-            config = build_config(_config(served, tmp, pki, broker=broker, vtn=vtn), "demo")
+            config = build_config(_config(served, tmp, pki, broker=broker, vtn=vtn, feeder=str(feeder_file)), "demo")
+            grid = await _grid(config, served, devices, await loading) if loading is not None else None
             if config.twin is not None:
                 printer.say("demo", f"twin: {FEEDER}, " + ", ".join(
                     f"{d.device} at bus {d.bus} phase {d.phase}" for d in config.twin.ders)
                     + f"; a certified envelope every {TWIN_INTERVAL_S:g} s")
+            if grid is not None and config.twin is not None:
+                twin_ders = {d.device for d in config.twin.ders}
+                placed = "".join(f", {p.device} at bus {p.bus} phase {p.phase}" for p in grid.placements
+                                 if p.device not in twin_ders)
+                printer.say("demo", f"grid: a power flow of {FEEDER} every {GRID_INTERVAL_S:g} s gives the devices "
+                                    f"their voltages and the head meter its flow (loads ~{grid.profile.mean:g}x "
+                                    f"nominal, source {grid.source_v_pu:g} pu{placed})")
             gw = build(config)
+            debug = log.is_enabled_for(logging.DEBUG)
             async with asyncio.TaskGroup() as tg:
                 helpers = [tg.create_task(_tail_audit(Path(config.dispatch.audit_log), printer))] \
                     if config.dispatch is not None else []
+                if grid is not None:
+                    helpers.append(tg.create_task(grid.run(GRID_INTERVAL_S)))
                 if broker is not None:
                     headend = DevHeadEnd(broker.host, broker.port, pki["headend"], gateway_cert=pki["gateway"],
                                          issuer=HEADEND, authority=Authority.GRID_OPERATOR)
@@ -279,8 +398,13 @@ async def demo(inverters: int = 3, batteries: int = 1, duration_s: float | None 
                             last[r.device_id] = time.monotonic()
                             printer.reading(r)
 
+                def on_envelope(env: Envelope, elapsed_s: float, segment: Segment) -> None:
+                    printer.envelope(env, elapsed_s, segment)
+                    if debug and grid is not None:
+                        helpers.append(tg.create_task(_estimate_vs_truth(segment, gw, grid)))
+
                 try:
-                    await run(config, duration_s=duration_s, gateway=gw, on_envelope=printer.envelope,
+                    await run(config, duration_s=duration_s, gateway=gw, on_envelope=on_envelope,
                               on_reading=on_reading)
                 finally:
                     await asyncio.sleep(0.5)  # the last audit lines

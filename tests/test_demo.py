@@ -28,6 +28,12 @@ def test_demo_runs_and_prints_a_certified_envelope_with_its_certificate() -> Non
     assert float(certificate[1]) <= 1.048 + 1e-4
     assert float(certificate[2]) >= 0.952 - 1e-4
     assert int(certificate[3]) > 0
+    # the devices sit on the feeder (the demo grid's power flow, stepping from before the first envelope), so the
+    # envelope starts from the state estimate of consistent readings: never a fallback, every envelope certified
+    assert "grid: a power flow of builtin:ieee-european-lv every 1 s" in out, out
+    assert re.search(r"twin +operating point: estimate, made in \d+ ms\n", out), out
+    assert "fallback" not in out, out
+    assert "NOT certified" not in out, out
     assert "write cap inverter-1" in out  # the envelope reaches the inverters, through the audit log
     if find_mosquitto() is None:
         assert "running without MQTT" in out

@@ -2,11 +2,13 @@
 
 Reads of unreadable or absent addresses answer exception 2 (ILLEGAL_ADDRESS); writes must land on points
 marked RW in their model definition (else exception 2) with an enum value the model defines (else exception
-3, ILLEGAL_VALUE). A write takes effect at the next read: the plant is stepped first.
+3, ILLEGAL_VALUE). A write takes effect at the next read: the plant is stepped first. So does the grid a
+co-simulation imposes (:meth:`SimulatedDevice.impose_grid`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -65,6 +67,28 @@ class SimulatedDevice:
             self.plant.update(t)
         self.last_update = t
         self._dirty = False
+
+    def impose_grid(self, v_pu: float | None, flow: tuple[float, float] | None = None) -> None:
+        """Let a co-simulation set the grid this device sits on; seen from the next read (the plant is stepped).
+
+        ``v_pu``: the voltage at its terminals, pu of the plant's nominal (:meth:`Plant.v_nom`), instead of its own
+        voltage model; ``flow``: a meter's power through it (W, var; + import) instead of its household profile.
+        ``None`` hands either back to the plant's own model. Raises ``ValueError`` for a device that is not
+        animated, a ``flow`` for a device without a meter model, or a value that is not a finite number (> 0 V).
+        """
+        plant = self.plant
+        if plant is None:
+            raise ValueError("impose_grid: this device is not animated (animate=False): there is no plant to drive")
+        if v_pu is not None and not (math.isfinite(v_pu) and v_pu > 0):
+            raise ValueError(f"impose_grid: v_pu must be a finite voltage > 0 pu, got {v_pu!r}")
+        if flow is not None:
+            if plant.meter_model is None:
+                raise ValueError("impose_grid: flow is for a meter, and this device has no meter model (201-204)")
+            if not all(math.isfinite(x) for x in flow):
+                raise ValueError(f"impose_grid: flow must be finite (W, var), got {flow!r}")
+        plant.grid_v_pu = v_pu
+        plant.grid_flow = flow
+        self._dirty = True
 
     def value(self, model_id: int, key: str) -> float | None:
         """The engineering value of point ``key`` of the first model ``model_id`` (``None``: unimplemented)."""

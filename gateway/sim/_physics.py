@@ -21,6 +21,12 @@ at ``clamp(intent, -InWRte % * WChaMax, +OutWRte % * WChaMax)``, a side whose ``
 So a setpoint (``OutWRte = p``, ``InWRte = -p``) drives it to ``p`` whatever it wants, a cap only stops it going
 past the cap, and a window never moves a battery whose intent lies inside it. An empty window (never written by
 the gateway) resolves to its discharge bound.
+
+Imposed grid (a co-simulation, e.g. the demo's feeder power flow): :attr:`Plant.grid_v_pu` replaces the plant's own
+voltage model (``1 + v_offset + dv_dp * p + dv_dq * q`` and a slow wander) with the voltage the grid has at its
+terminals, and a meter's :attr:`Plant.grid_flow` replaces the household profile with the power through it; the
+small measurement noise stays. Both ``None`` (the default): the plant's own models, as before. :attr:`Plant.output`
+is what the terminals delivered at the last step, for the co-simulation to put on its grid.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ _ST_OFF, _ST_SLEEPING, _ST_MPPT, _ST_THROTTLED, _ST_STANDBY = 1, 2, 4, 5, 8
 _INV_OFF, _INV_SLEEPING, _INV_RUNNING, _INV_THROTTLED = 0, 1, 3, 4
 _CHA_EMPTY, _CHA_DISCHARGING, _CHA_CHARGING, _CHA_FULL, _CHA_HOLDING = 2, 3, 4, 5, 6
 _ADOPT_IN_PROGRESS, _ADOPT_COMPLETED, _ADOPT_FAILED = 0, 1, 2
+#: 1-sigma measurement noise: voltage (pu), an imposed meter flow (relative; a class 0.5 meter's bound is 3 sigma)
+_V_NOISE_PU = 0.001
+_FLOW_NOISE = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +187,15 @@ class Plant:
     """The simulated equipment behind one register image (PV inverter, battery, meter, or what the image holds).
 
     Not thread-safe; one per device. :meth:`update` advances it; :meth:`on_write` is told which points a
-    client wrote.
+    client wrote. :attr:`grid_v_pu` and :attr:`grid_flow` let a co-simulation impose the grid (module docstring);
+    they take effect at the next :meth:`update`.
     """
+
+    #: The voltage at the terminals, pu of :meth:`v_nom`, imposed by a co-simulation; None: the plant's own model.
+    grid_v_pu: float | None
+    #: Meters: the power through the meter (W, var; + import), imposed by a co-simulation; None: the household
+    #: profile. Ignored by a plant without a meter model.
+    grid_flow: tuple[float, float] | None
 
     def __init__(self, image: RegisterImage, lays: Iterable[ModelLayout], settings: PhysicsSettings,
                  now: float) -> None:
@@ -205,6 +221,9 @@ class Plant:
         self._vv = vv.VoltVarState()
         self._q_pu = 0.0
         self._p_pu = 0.0
+        self.grid_v_pu = None
+        self.grid_flow = None
+        self._at_terminals = (0.0, 0.0)
         self._controls = _Controls()
         self._controls_dirty = True
         self._armed: dict[_Reversion, float] = {}
@@ -507,13 +526,20 @@ class Plant:
         v_nom, f_nom = c.v_nom, c.f_nom
         t = now - self._t0 + self._phase
         wander = 0.004 * math.sin(t / 47.0) + 0.003 * math.sin(t / 13.0)
-        meter_w = 0.0
-        if self.meter_model is not None:
+        meter_w = meter_var = 0.0
+        if self.meter_model is not None and self.grid_flow is not None:
+            meter_w = self.grid_flow[0] * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0))
+            meter_var = self.grid_flow[1] * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0))
+        elif self.meter_model is not None:
             load = household_load(self.hour(now)) * s.peak_load_w * (1.0 + 0.05 * self._rng.gauss(0.0, 1.0))
             meter_w = load - 0.8 * s.peak_load_w * irradiance
+            meter_var = meter_w * 0.33
         self._p_pu = (p_w - meter_w) / max(rated_w, s.peak_load_w)
-        v_pu = 1.0 + self._v_offset + s.dv_dp * self._p_pu + s.dv_dq * self._q_pu + wander
-        v_pu += 0.001 * self._rng.gauss(0.0, 1.0)
+        if self.grid_v_pu is None:
+            v_pu = 1.0 + self._v_offset + s.dv_dp * self._p_pu + s.dv_dq * self._q_pu + wander
+        else:
+            v_pu = self.grid_v_pu
+        v_pu += _V_NOISE_PU * self._rng.gauss(0.0, 1.0)
         var_max = c.var_max
         self._vv, q_curve = vv.step(self._vv, vv.VoltVarInputs(v_pu), c.vv, dt)
         va_max = c.va_max
@@ -528,7 +554,8 @@ class Plant:
         hz = f_nom + 0.02 * math.sin(t / 31.0) + 0.004 * self._rng.gauss(0.0, 1.0)
         v = v_pu * v_nom
         if self.meter_model is not None:
-            p_w, q_var = meter_w, meter_w * 0.33
+            p_w, q_var = meter_w, meter_var
+        self._at_terminals = (p_w, q_var)
         va = math.hypot(p_w, q_var)
         pf = 1.0 if va < 1.0 else abs(p_w) / va
         pf = math.copysign(pf, -1.0 if q_var < 0 else 1.0) if va >= 1.0 and abs(pf) < 0.9995 else pf
@@ -578,6 +605,12 @@ class Plant:
         }
 
     # -- introspection (tests, demo) ------------------------------------------------------------------------
+    @property
+    def output(self) -> tuple[float, float]:
+        """(W, var) at the terminals at the last step, as the W and var points show them: + export for a DER
+        (a battery: + discharge), + import for a meter; (0, 0) before the first step."""
+        return self._at_terminals
+
     @property
     def battery(self) -> storage.StorageState:
         """The battery's state of charge (meaningful when the image holds 124 or 802)."""
