@@ -5,8 +5,8 @@ second :meth:`DemoGrid.run` reads what each placed device's plant delivered (W, 
 solves the feeder in a worker thread (the Modbus servers share the event loop and must not stall) and imposes on
 the plants what the grid has there (:meth:`gateway.sim.SimulatedDevice.impose_grid`): each DER its bus's voltage
 (on its phase; the mean of the three for a three-phase one), the head meter the flow into the LV side at the feeder
-head and the head bus's mean phase voltage. What the gateway reads is then one physical state, and its state
-estimate has a truth to find.
+head and the head bus's voltage, per phase (a three-phase meter; any other its totals and the mean). What the
+gateway reads is then one physical state, and its state estimate has a truth to find.
 
 The truth of a step: the feeder's nominal loads times :class:`LoadProfile` (a slowly varying factor around 0.5,
 each load with a little noise of its own), the source at ``source_v_pu``, every placed DER at its bus and phase.
@@ -16,6 +16,9 @@ feeder downstream of the head, solved from that voltage, gives the flow through 
 transformer, as the estimator's head does) and the voltages the DERs see. Two :class:`gateway.twin.PowerFlow`
 solves, ~0.5 ms each on the IEEE European LV feeder. A device without a placement keeps its own models.
 
+Per phase at the head: each phase's voltage is the whole feeder's at the head bus; each phase's flow is the
+downstream solve's source output on that phase (``FlowResult.source_p_ph_w``), exact like the totals.
+
 Blocking parts (:meth:`DemoGrid.solve`, :meth:`DemoGrid.flow`) are serialised by a lock: the engines are not
 thread-safe.
 """
@@ -23,6 +26,7 @@ thread-safe.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 import time
@@ -87,7 +91,8 @@ class Flow:
 
     ``head_p_w``/``head_q_var``: the flow into the LV side at the head meter (+ into the feeder);
     ``head_v_pu``: the head bus's mean phase voltage; ``der_v_pu`` ``(n_placed,)``: each placement's voltage, pu of
-    its bus's nominal phase voltage. ``converged`` False: the values are NaN.
+    its bus's nominal phase voltage; ``head_p_ph_w``/``head_q_ph_var``/``head_v_ph_pu`` ``(3,)``: the same at the
+    head per phase a, b, c (module docstring). ``converged`` False: the values are NaN.
     """
 
     load_p_w: FloatArray
@@ -100,6 +105,9 @@ class Flow:
     head_v_pu: float
     der_v_pu: FloatArray
     converged: bool
+    head_p_ph_w: FloatArray = dataclasses.field(default_factory=lambda: np.full(3, math.nan))
+    head_q_ph_var: FloatArray = dataclasses.field(default_factory=lambda: np.full(3, math.nan))
+    head_v_ph_pu: FloatArray = dataclasses.field(default_factory=lambda: np.full(3, math.nan))
 
 
 class DemoGrid:
@@ -191,8 +199,12 @@ class DemoGrid:
             return Flow(lp[0], lq[0], dp[0], dq[0], source_v_pu, nan, nan, head_v, np.full(len(self.placements), nan),
                         converged=False)
         der_v = (down.v_pu[0, self._der_bus] * self._der_share).sum(axis=1)
-        return Flow(lp[0], lq[0], dp[0], dq[0], source_v_pu, float(down.source_p_w[0]), float(down.source_q_var[0]),
-                    float(down.v_pu[0, self._head_down].mean()), der_v, converged=True)
+        head_p, head_q = float(down.source_p_w[0]), float(down.source_q_var[0])
+        return Flow(lp[0], lq[0], dp[0], dq[0], source_v_pu, head_p, head_q,
+                    float(down.v_pu[0, self._head_down].mean()), der_v, converged=True,
+                    head_p_ph_w=np.asarray(down.source_p_ph_w[0], dtype=float),
+                    head_q_ph_var=np.asarray(down.source_q_ph_var[0], dtype=float),
+                    head_v_ph_pu=np.asarray(full.v_pu[0, self.head_bus], dtype=float))
 
     def solve(self, der_p_w: FloatArray, der_q_var: FloatArray, t: float) -> Flow:
         """The truth at ``t`` seconds into the run with the DERs at these outputs. Blocking."""
@@ -212,9 +224,18 @@ class DemoGrid:
             return
         for k, device in enumerate(self.devices.values()):
             device.impose_grid(_plant_pu(device, float(flow.der_v_pu[k]), float(self._der_phase_v[k])))
-        if self.meter is not None:
-            self.meter.impose_grid(_plant_pu(self.meter, flow.head_v_pu, self._head_phase_v),
-                                   (flow.head_p_w, flow.head_q_var))
+        meter = self.meter
+        if meter is None:
+            return
+        v_pu = _plant_pu(meter, flow.head_v_pu, self._head_phase_v)
+        assert meter.plant is not None  # checked when the grid was built
+        if meter.plant.meter_model in (203, 204):  # three-phase: each phase its own
+            p, q = flow.head_p_ph_w, flow.head_q_ph_var
+            v = [_plant_pu(meter, float(x), self._head_phase_v) for x in flow.head_v_ph_pu]
+            meter.impose_grid(v_pu, flow_ph=((float(p[0]), float(p[1]), float(p[2])),
+                                             (float(q[0]), float(q[1]), float(q[2]))), v_ph_pu=(v[0], v[1], v[2]))
+        else:
+            meter.impose_grid(v_pu, (flow.head_p_w, flow.head_q_var))
 
     async def step(self) -> Flow:
         """One co-simulation step: read the plants, solve (worker thread), impose; returns the truth."""

@@ -20,7 +20,11 @@ from enum import StrEnum
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One device's normalised reading at ``at`` (UNIX seconds, UTC). ``None`` = not measured by the device."""
+    """One device's normalised reading at ``at`` (UNIX seconds, UTC). ``None`` = not measured by the device.
+
+    ``w_ph``/``var_ph``/``v_ph``: a three-phase meter's readings per phase A, B, C (W, var with the sign of
+    ``w``/``var``; line-to-neutral volts), None unless the device gave all three phases of that quantity.
+    """
 
     device_id: str
     at: float
@@ -33,6 +37,9 @@ class Measurement:
     soc_pct: float | None = None
     w_max: float | None = None  # the active power rating or current setting of WMax
     state: int | None = None  # SunSpec operating state (1xx St / 7xx St)
+    w_ph: tuple[float, float, float] | None = None  # per phase A, B, C (meters 203/204/213/214)
+    var_ph: tuple[float, float, float] | None = None
+    v_ph: tuple[float, float, float] | None = None  # line-to-neutral voltage of phases A, B, C
 
 
 @dataclass(frozen=True, slots=True)

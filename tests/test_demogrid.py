@@ -57,6 +57,13 @@ async def test_a_step_is_the_feeders_power_flow_and_the_devices_show_it(feeder: 
     assert flow.head_p_w == pytest.approx(float(truth.head_p.sum()), abs=2.0)
     assert flow.head_q_var == pytest.approx(float(truth.head_q.sum()), abs=2.0)
     assert flow.head_v_pu == pytest.approx(float(truth.v[0, head].mean()), abs=1e-5)
+    # per phase: the voltages the whole feeder's, the flows the oracle's per phase (as exact as the totals)
+    assert flow.head_v_ph_pu == pytest.approx(truth.v[0, head], abs=1e-9)
+    assert flow.head_p_ph_w.sum() == pytest.approx(flow.head_p_w, abs=1e-6)
+    assert flow.head_q_ph_var.sum() == pytest.approx(flow.head_q_var, abs=1e-6)
+    assert flow.head_p_ph_w == pytest.approx(truth.head_p[0], abs=2.0)
+    assert flow.head_q_ph_var == pytest.approx(truth.head_q[0], abs=2.0)
+    assert np.ptp(truth.head_p[0]) > 100.0  # the phases do differ: an even split would fail the line above
     ders = grid.feeder.ders
     expected_v = [truth.v[0, b, 1] if name.startswith("inverter") else truth.v[0, b].mean()
                   for name, b in zip(ders.name, ders.bus, strict=True)]
@@ -69,6 +76,10 @@ async def test_a_step_is_the_feeders_power_flow_and_the_devices_show_it(feeder: 
     assert meter.value(203, "W") == pytest.approx(flow.head_p_w, rel=0.005)
     assert meter.value(203, "VAR") == pytest.approx(flow.head_q_var, rel=0.005)
     assert meter.value(203, "PhV") == pytest.approx(flow.head_v_pu * phase_v, abs=0.005 * phase_v)
+    for k, ph in enumerate("ABC"):
+        assert meter.value(203, f"Wph{ph}") == pytest.approx(flow.head_p_ph_w[k], rel=0.005, abs=1.0)
+        assert meter.value(203, f"VARph{ph}") == pytest.approx(flow.head_q_ph_var[k], rel=0.005, abs=1.0)
+        assert meter.value(203, f"PhVph{ph}") == pytest.approx(flow.head_v_ph_pu[k] * phase_v, abs=0.005 * phase_v)
     for k, placement in enumerate(PLACEMENTS):
         device = devices[placement.device]
         device.update()

@@ -68,13 +68,19 @@ class SimulatedDevice:
         self.last_update = t
         self._dirty = False
 
-    def impose_grid(self, v_pu: float | None, flow: tuple[float, float] | None = None) -> None:
+    def impose_grid(self, v_pu: float | None, flow: tuple[float, float] | None = None, *,
+                    flow_ph: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
+                    v_ph_pu: tuple[float, float, float] | None = None) -> None:
         """Let a co-simulation set the grid this device sits on; seen from the next read (the plant is stepped).
 
         ``v_pu``: the voltage at its terminals, pu of the plant's nominal (:meth:`Plant.v_nom`), instead of its own
         voltage model; ``flow``: a meter's power through it (W, var; + import) instead of its household profile.
-        ``None`` hands either back to the plant's own model. Raises ``ValueError`` for a device that is not
-        animated, a ``flow`` for a device without a meter model, or a value that is not a finite number (> 0 V).
+        ``None`` hands either back to the plant's own model. A three-phase meter (203/204) may be given its phases
+        instead: ``flow_ph`` (W of phases A, B, C; var of A, B, C; + import; with it ``flow`` must be None, the
+        totals being their sum) and ``v_ph_pu`` (pu of the plant's nominal; ``v_pu`` then only for its other
+        points' sake and ignored by the meter's, which show these and their mean). Raises ``ValueError`` for a
+        device that is not animated, a ``flow`` or per-phase value for a device without a (three-phase) meter
+        model, or a value that is not a finite number (> 0 V).
         """
         plant = self.plant
         if plant is None:
@@ -86,8 +92,21 @@ class SimulatedDevice:
                 raise ValueError("impose_grid: flow is for a meter, and this device has no meter model (201-204)")
             if not all(math.isfinite(x) for x in flow):
                 raise ValueError(f"impose_grid: flow must be finite (W, var), got {flow!r}")
+        if flow_ph is not None or v_ph_pu is not None:
+            if plant.meter_model not in (203, 204):
+                raise ValueError("impose_grid: flow_ph/v_ph_pu are for a three-phase meter (203/204), and this "
+                                 "device has none")
+            if flow_ph is not None and flow is not None:
+                raise ValueError("impose_grid: give flow (totals) or flow_ph (per phase), not both")
+            if flow_ph is not None and not (len(flow_ph) == 2 and all(len(x) == 3 for x in flow_ph)
+                                            and all(math.isfinite(v) for x in flow_ph for v in x)):
+                raise ValueError(f"impose_grid: flow_ph must be finite ((W A, B, C), (var A, B, C)), got {flow_ph!r}")
+            if v_ph_pu is not None and not (len(v_ph_pu) == 3 and all(math.isfinite(v) and v > 0 for v in v_ph_pu)):
+                raise ValueError(f"impose_grid: v_ph_pu must be three finite voltages > 0 pu, got {v_ph_pu!r}")
         plant.grid_v_pu = v_pu
         plant.grid_flow = flow
+        plant.grid_flow_ph = flow_ph
+        plant.grid_v_ph_pu = v_ph_pu
         self._dirty = True
 
     def value(self, model_id: int, key: str) -> float | None:

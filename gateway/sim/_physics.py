@@ -27,6 +27,12 @@ voltage model (``1 + v_offset + dv_dp * p + dv_dq * q`` and a slow wander) with 
 terminals, and a meter's :attr:`Plant.grid_flow` replaces the household profile with the power through it; the
 small measurement noise stays. Both ``None`` (the default): the plant's own models, as before. :attr:`Plant.output`
 is what the terminals delivered at the last step, for the co-simulation to put on its grid.
+
+A meter's per-phase points (``WphA/B/C``, ``VARphA/B/C``, ``PhVphA/B/C``): with :attr:`Plant.grid_flow_ph` and
+:attr:`Plant.grid_v_ph_pu` imposed (a three-phase meter), each phase's own flow and voltage (each with its own
+noise; the totals and ``PhV`` are their sum and mean); otherwise the totals split evenly over the meter's phases
+(201: one, 202: two, 203/204: three) and every phase at the one voltage — the household profile says nothing of
+how a house's load spreads over phases.
 """
 
 from __future__ import annotations
@@ -143,11 +149,11 @@ _OUT_124 = {"ChaState": "SoC", "StorAval": "StorAvalAh", "InBatV": "Vbat", "ChaS
 _OUT_802 = {"SoC": "SoC", "ChaSt": "ChaSt", "V": "Vbat", "A": "Abat", "W": "Wbat", "CellVAvg": "Vcell",
             "CellVMax": "VcellMax", "CellVMin": "VcellMin"}
 _OUT_METER = {
-    "A": "A", "AphA": "Aph", "AphB": "Aph", "AphC": "Aph", "PhV": "V", "PhVphA": "V", "PhVphB": "V", "PhVphC": "V",
-    "PPV": "VLL", "PhVphAB": "VLL", "PhVphBC": "VLL", "PhVphCA": "VLL", "Hz": "Hz", "W": "W", "WphA": "Wph",
-    "WphB": "Wph", "WphC": "Wph", "VA": "VA", "VAphA": "VAph", "VAphB": "VAph", "VAphC": "VAph", "VAR": "VAr",
-    "VARphA": "VArph", "VARphB": "VArph", "VARphC": "VArph", "PF": "PFpct", "PFphA": "PFpct", "PFphB": "PFpct",
-    "PFphC": "PFpct", "TotWhExp": "WHexp", "TotWhImp": "WHimp",
+    "A": "A", "AphA": "Aph", "AphB": "Aph", "AphC": "Aph", "PhV": "V", "PhVphA": "VphA", "PhVphB": "VphB",
+    "PhVphC": "VphC", "PPV": "VLL", "PhVphAB": "VLL", "PhVphBC": "VLL", "PhVphCA": "VLL", "Hz": "Hz", "W": "W",
+    "WphA": "WphA", "WphB": "WphB", "WphC": "WphC", "VA": "VA", "VAphA": "VAph", "VAphB": "VAph", "VAphC": "VAph",
+    "VAR": "VAr", "VARphA": "VArphA", "VARphB": "VArphB", "VARphC": "VArphC", "PF": "PFpct", "PFphA": "PFpct",
+    "PFphB": "PFpct", "PFphC": "PFpct", "TotWhExp": "WHexp", "TotWhImp": "WHimp",
 }
 _OUT_160_MODULE = {"DCA": "mDCA", "DCV": "DCV", "DCW": "mDCW", "DCWH": "mDCWH", "DCSt": "St", "Tmp": "Tmp"}
 #: Quantities that are totals: a per-phase point gets the total divided by the phase count.
@@ -196,6 +202,11 @@ class Plant:
     #: Meters: the power through the meter (W, var; + import), imposed by a co-simulation; None: the household
     #: profile. Ignored by a plant without a meter model.
     grid_flow: tuple[float, float] | None
+    #: Three-phase meters: the flow per phase A, B, C (W of each, var of each; + import), imposed by a
+    #: co-simulation instead of :attr:`grid_flow` (module docstring); None: the totals split evenly.
+    grid_flow_ph: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    #: Meters: the voltage of phases A, B, C (pu of :meth:`v_nom`) instead of :attr:`grid_v_pu` on each phase.
+    grid_v_ph_pu: tuple[float, float, float] | None
 
     def __init__(self, image: RegisterImage, lays: Iterable[ModelLayout], settings: PhysicsSettings,
                  now: float) -> None:
@@ -223,6 +234,8 @@ class Plant:
         self._p_pu = 0.0
         self.grid_v_pu = None
         self.grid_flow = None
+        self.grid_flow_ph = None
+        self.grid_v_ph_pu = None
         self._at_terminals = (0.0, 0.0)
         self._controls = _Controls()
         self._controls_dirty = True
@@ -527,7 +540,12 @@ class Plant:
         t = now - self._t0 + self._phase
         wander = 0.004 * math.sin(t / 47.0) + 0.003 * math.sin(t / 13.0)
         meter_w = meter_var = 0.0
-        if self.meter_model is not None and self.grid_flow is not None:
+        phase_w = phase_var = None
+        if self.meter_model is not None and self.grid_flow_ph is not None:
+            phase_w = [x * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0)) for x in self.grid_flow_ph[0]]
+            phase_var = [x * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0)) for x in self.grid_flow_ph[1]]
+            meter_w, meter_var = sum(phase_w), sum(phase_var)
+        elif self.meter_model is not None and self.grid_flow is not None:
             meter_w = self.grid_flow[0] * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0))
             meter_var = self.grid_flow[1] * (1.0 + _FLOW_NOISE * self._rng.gauss(0.0, 1.0))
         elif self.meter_model is not None:
@@ -535,11 +553,16 @@ class Plant:
             meter_w = load - 0.8 * s.peak_load_w * irradiance
             meter_var = meter_w * 0.33
         self._p_pu = (p_w - meter_w) / max(rated_w, s.peak_load_w)
-        if self.grid_v_pu is None:
-            v_pu = 1.0 + self._v_offset + s.dv_dp * self._p_pu + s.dv_dq * self._q_pu + wander
+        phase_v_pu = None
+        if self.meter_model is not None and self.grid_v_ph_pu is not None:
+            phase_v_pu = [x + _V_NOISE_PU * self._rng.gauss(0.0, 1.0) for x in self.grid_v_ph_pu]
+            v_pu = sum(phase_v_pu) / 3.0
         else:
-            v_pu = self.grid_v_pu
-        v_pu += _V_NOISE_PU * self._rng.gauss(0.0, 1.0)
+            if self.grid_v_pu is None:
+                v_pu = 1.0 + self._v_offset + s.dv_dp * self._p_pu + s.dv_dq * self._q_pu + wander
+            else:
+                v_pu = self.grid_v_pu
+            v_pu += _V_NOISE_PU * self._rng.gauss(0.0, 1.0)
         var_max = c.var_max
         self._vv, q_curve = vv.step(self._vv, vv.VoltVarInputs(v_pu), c.vv, dt)
         va_max = c.va_max
@@ -555,6 +578,10 @@ class Plant:
         v = v_pu * v_nom
         if self.meter_model is not None:
             p_w, q_var = meter_w, meter_var
+        n_ph = _PHASES_METER.get(self.meter_model or 0, 3)
+        phase_w = phase_w or [p_w / n_ph] * 3
+        phase_var = phase_var or [q_var / n_ph] * 3
+        phase_v = [x * v_nom for x in phase_v_pu] if phase_v_pu is not None else [v] * 3
         self._at_terminals = (p_w, q_var)
         va = math.hypot(p_w, q_var)
         pf = 1.0 if va < 1.0 else abs(p_w) / va
@@ -602,6 +629,9 @@ class Plant:
             "SoC": soc, "StorAvalAh": ah_rtg * soc / 100.0, "Vbat": v_bat, "Abat": p_bat / v_bat,
             "Wbat": p_bat, "ChaSt": cha_st, "Vcell": v_bat / 120.0, "VcellMax": v_bat / 120.0 + 0.01,
             "VcellMin": v_bat / 120.0 - 0.01,
+            "WphA": phase_w[0], "WphB": phase_w[1], "WphC": phase_w[2], "VArphA": phase_var[0],
+            "VArphB": phase_var[1], "VArphC": phase_var[2], "VphA": phase_v[0], "VphB": phase_v[1],
+            "VphC": phase_v[2],
         }
 
     # -- introspection (tests, demo) ------------------------------------------------------------------------

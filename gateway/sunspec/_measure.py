@@ -2,6 +2,11 @@
 
 The mapping is a table of rows (models, points in order of preference, how phases combine), not code per
 model: the first model the device has that yields a value wins.
+
+Per phase (``w_ph``, ``var_ph``, ``v_ph``): a meter's ``WphA/B/C``, ``VARphA/B/C`` and ``PhVphA/B/C`` (models
+201-204, 211-214), each quantity only when all three phases read a number: a single-phase (201) or split-phase
+(202) meter, or one that leaves a phase unimplemented, gives None rather than a partial tuple (the consumer, the
+state estimator, wants a value on each of phases a, b, c or none).
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ _ROWS = (
 )
 
 
+#: Per-phase fields of a meter: (field, points of phases A, B, C).
+_PHASE_ROWS = (("w_ph", ("WphA", "WphB", "WphC")), ("var_ph", ("VARphA", "VARphB", "VARphC")),
+               ("v_ph", ("PhVphA", "PhVphB", "PhVphC")))
+
 _Candidate = tuple[int, tuple[str, ...], Callable[[Sequence[float | None]], float | None] | None]
 
 
@@ -96,4 +105,19 @@ def measurement(device_id: str, at: float, role: str, blocks: Sequence[ModelBloc
             else:
                 out[name] = float(value)
             break
-    return Measurement(device_id=device_id, at=at, role=role, state=state, **out)
+    phases = _per_phase(blocks)
+    return Measurement(device_id=device_id, at=at, role=role, state=state, w_ph=phases.get("w_ph"),
+                       var_ph=phases.get("var_ph"), v_ph=phases.get("v_ph"), **out)
+
+
+def _per_phase(blocks: Sequence[ModelBlock]) -> dict[str, tuple[float, float, float]]:
+    """The first meter block's per-phase readings that have all three phases (module docstring)."""
+    meter = next((b for b in blocks if b.id in METERS), None)
+    if meter is None:
+        return {}
+    out: dict[str, tuple[float, float, float]] = {}
+    for name, points in _PHASE_ROWS:
+        a, b, c = (meter.points.get(p) for p in points)
+        if isinstance(a, int | float) and isinstance(b, int | float) and isinstance(c, int | float):
+            out[name] = (float(a), float(b), float(c))
+    return out

@@ -99,7 +99,8 @@ class FlowResult:
       the rating).
     - ``max_loading`` ``(S,)``: the largest of both (NaN when nothing is rated).
     - ``losses_w`` ``(S,)``: active losses in lines and transformers, W.
-    - ``source_p_w``/``source_q_var`` ``(S,)``: power the source delivers into the feeder.
+    - ``source_p_w``/``source_q_var`` ``(S,)``: power the source delivers into the feeder;
+      ``source_p_ph_w``/``source_q_ph_var`` ``(S, 3)``: the same per phase a, b, c (a symmetric solve: a third each).
     - ``load_passes``: power-flow passes the load-model loop took (1 when no load changed regime).
     """
 
@@ -115,6 +116,8 @@ class FlowResult:
     losses_w: FloatArray
     source_p_w: FloatArray
     source_q_var: FloatArray
+    source_p_ph_w: FloatArray
+    source_q_ph_var: FloatArray
     load_passes: int
 
     @property
@@ -149,6 +152,8 @@ class _Raw:
         self.losses = np.empty(size, dtype=FLOAT)
         self.source_p = np.empty(size, dtype=FLOAT)
         self.source_q = np.empty(size, dtype=FLOAT)
+        self.source_p_ph = np.empty((size, 3), dtype=FLOAT)
+        self.source_q_ph = np.empty((size, 3), dtype=FLOAT)
         self.failed = np.zeros(size, dtype=bool)
 
 
@@ -222,6 +227,11 @@ def _worst_phase(a: FloatArray, symmetric: bool) -> FloatArray:
 
 def _total(a: FloatArray, symmetric: bool) -> FloatArray:
     return a if symmetric else a.sum(axis=-1)
+
+
+def _phases(a: FloatArray, symmetric: bool) -> FloatArray:
+    """Per phase a, b, c on the last axis (a symmetric output: a third of its total on each)."""
+    return np.repeat(a[..., None] / 3.0, 3, axis=-1) if symmetric else a
 
 
 class PowerFlow:
@@ -465,6 +475,8 @@ class PowerFlow:
         source = out[ComponentType.source]
         raw.source_p[rows] = _total(source["p"], sym).sum(axis=1)
         raw.source_q[rows] = _total(source["q"], sym).sum(axis=1)
+        raw.source_p_ph[rows] = _phases(source["p"], sym).sum(axis=1)
+        raw.source_q_ph[rows] = _phases(source["q"], sym).sum(axis=1)
         raw.failed[rows] = failed
 
     def _newton_fallback(self, index: NDArray[np.intp], failed: NDArray[np.bool_], sc: _Scenario,
@@ -570,11 +582,12 @@ class PowerFlow:
         max_loading = np.fmax.reduce(both, axis=1) if both.shape[1] else np.full(size, np.nan)
         if failed.any():
             for array in (v, vmax, vmin, line_loading, trafo_loading, max_loading, raw.losses, raw.source_p,
-                          raw.source_q):
+                          raw.source_q, raw.source_p_ph, raw.source_q_ph):
                 array[failed] = np.nan
             vmax_bus[failed] = vmin_bus[failed] = -1
         return FlowResult(
             converged=~failed, v_pu=v, vmin_pu=vmin, vmax_pu=vmax, vmin_bus=vmin_bus, vmax_bus=vmax_bus,
             line_loading=line_loading, trafo_loading=trafo_loading, max_loading=max_loading, losses_w=raw.losses,
-            source_p_w=raw.source_p, source_q_var=raw.source_q, load_passes=passes,
+            source_p_w=raw.source_p, source_q_var=raw.source_q, source_p_ph_w=raw.source_p_ph,
+            source_q_ph_var=raw.source_q_ph, load_passes=passes,
         )

@@ -107,6 +107,32 @@ async def test_a_meter_reads_the_imposed_flow_and_voltage() -> None:
         assert points["W"] == pytest.approx(household, abs=0.2 * household_load(12.0) * peak)
 
 
+async def test_a_three_phase_meter_reads_each_imposed_phase_and_otherwise_splits_evenly() -> None:
+    clock = FakeClock()
+    meter = _device("meter", clock)
+    async with serve_tcp([meter], tick=0) as port:
+        own = await _read(meter, port, 203)  # the household profile: a third per phase, one voltage
+        for ph in "ABC":
+            assert own[f"Wph{ph}"] == pytest.approx(own["W"] / 3, abs=1.0)
+            assert own[f"VARph{ph}"] == pytest.approx(own["VAR"] / 3, abs=1.0)
+            assert own[f"PhVph{ph}"] == pytest.approx(own["PhV"], abs=0.1)
+        flow = ((6_000.0, -1_500.0, 9_000.0), (1_000.0, 200.0, 2_500.0))
+        meter.impose_grid(1.0, flow_ph=flow, v_ph_pu=(1.02, 1.04, 0.98))
+        clock.advance(1.0)
+        points = await _read(meter, port, 203)
+        for k, ph in enumerate("ABC"):
+            assert points[f"Wph{ph}"] == pytest.approx(flow[0][k], rel=0.005)
+            assert points[f"VARph{ph}"] == pytest.approx(flow[1][k], rel=0.005)
+            assert points[f"PhVph{ph}"] == pytest.approx(240.0 * (1.02, 1.04, 0.98)[k], abs=V_TOL)
+        assert points["W"] == pytest.approx(sum(flow[0]), rel=0.005)
+        assert points["PhV"] == pytest.approx(240.0 * 1.0133, abs=V_TOL)
+        meter.impose_grid(None)  # handed back: an even split again
+        clock.advance(1.0)
+        points = await _read(meter, port, 203)
+        assert points["WphA"] == pytest.approx(points["W"] / 3, abs=1.0)
+        assert points["PhVphB"] == pytest.approx(points["PhV"], abs=0.1)
+
+
 def test_what_cannot_be_imposed_is_refused() -> None:
     clock = FakeClock()
     inverter = _device("inverter", clock)
@@ -117,6 +143,15 @@ def test_what_cannot_be_imposed_is_refused() -> None:
             inverter.impose_grid(bad)
     with pytest.raises(ValueError, match="flow must be finite"):
         _device("meter", clock).impose_grid(1.0, (math.nan, 0.0))
+    with pytest.raises(ValueError, match="three-phase meter"):
+        inverter.impose_grid(1.0, v_ph_pu=(1.0, 1.0, 1.0))
+    phases = ((1.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="not both"):
+        _device("meter", clock).impose_grid(1.0, (6.0, 0.0), flow_ph=phases)
+    with pytest.raises(ValueError, match="flow_ph must be finite"):
+        _device("meter", clock).impose_grid(1.0, flow_ph=((1.0, math.inf, 3.0), (0.0, 0.0, 0.0)))
+    with pytest.raises(ValueError, match="v_ph_pu"):
+        _device("meter", clock).impose_grid(1.0, v_ph_pu=(1.0, 0.0, 1.0))
     frozen = SimulatedDevice(build_image("inverter", "T-FROZEN"), animate=False)
     with pytest.raises(ValueError, match="not animated"):
         frozen.impose_grid(1.0)

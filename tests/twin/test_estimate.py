@@ -173,6 +173,8 @@ def test_the_oracle_is_the_projects_power_flow(baran_wu: Feeder) -> None:
                                           load_q_var=truth.load_q, source_v_pu=truth.source_v)
     np.testing.assert_allclose(res.v_pu, truth.v, atol=1e-9)
     np.testing.assert_allclose(res.source_p_w, truth.head_p.sum(axis=1), rtol=1e-8)
+    np.testing.assert_allclose(res.source_p_ph_w, truth.head_p, rtol=1e-8)
+    np.testing.assert_allclose(res.source_q_ph_var, truth.head_q, rtol=1e-8)
     np.testing.assert_allclose(res.losses_w, truth.losses, rtol=1e-8)
 
 

@@ -12,7 +12,7 @@ from tests.twin._data import opendss_factor, small_feeder
 
 SQRT3 = np.sqrt(3.0)
 FIELDS = ("converged", "v_pu", "vmin_pu", "vmax_pu", "vmin_bus", "vmax_bus", "line_loading", "trafo_loading",
-          "max_loading", "losses_w", "source_p_w", "source_q_var")
+          "max_loading", "losses_w", "source_p_w", "source_q_var", "source_p_ph_w", "source_q_ph_var")
 
 
 def scenarios(feeder: Feeder, size: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -61,6 +61,9 @@ def test_shapes_and_units() -> None:
     assert res.trafo_loading.shape == (5, 1)
     for name in ("vmin_pu", "vmax_pu", "max_loading", "losses_w", "source_p_w", "source_q_var", "vmin_bus"):
         assert getattr(res, name).shape == (5,)
+    assert res.source_p_ph_w.shape == res.source_q_ph_var.shape == (5, 3)
+    np.testing.assert_allclose(res.source_p_ph_w.sum(axis=1), res.source_p_w, rtol=1e-12)
+    np.testing.assert_allclose(res.source_q_ph_var.sum(axis=1), res.source_q_var, rtol=1e-12)
     np.testing.assert_array_equal(res.vmax_pu, res.v_pu.max(axis=(1, 2)))
     np.testing.assert_array_equal(res.vmin_pu, res.v_pu.min(axis=(1, 2)))
     np.testing.assert_array_equal(res.v_pu[np.arange(5), res.vmin_bus].min(axis=1), res.vmin_pu)
