@@ -38,11 +38,11 @@ import structlog
 from numpy.typing import NDArray
 
 from gateway.errors import ConfigError
+from gateway.segment import PHASES
 from gateway.sim import SimulatedDevice
 from gateway.twin import (
     EstimateOptions,
     Feeder,
-    Phase,
     PowerFlow,
     StateEstimator,
     TwinError,
@@ -53,7 +53,6 @@ from gateway.twin import (
 log = structlog.get_logger("gateway.demo.grid")
 
 FloatArray = NDArray[np.float64]
-_PHASES = {"abc": Phase.ABC, "a": Phase.A, "b": Phase.B, "c": Phase.C}
 _SQRT3 = math.sqrt(3.0)
 
 
@@ -122,8 +121,8 @@ class DemoGrid:
                  meter: str | None, source_v_pu: float, profile: LoadProfile | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         issues = [f"placement {p.device!r}: no such simulated device" for p in placements if p.device not in devices]
-        issues += [f"placement {p.device!r}: phase {p.phase!r} is not one of {', '.join(_PHASES)}"
-                   for p in placements if p.phase not in _PHASES]
+        issues += [f"placement {p.device!r}: phase {p.phase!r} is not one of {', '.join(PHASES)}"
+                   for p in placements if p.phase not in PHASES]
         issues += [f"placement {p.device!r}: the device is not animated (no plant to drive)"
                    for p in placements if p.device in devices and devices[p.device].plant is None]
         if meter is not None:
@@ -142,7 +141,7 @@ class DemoGrid:
         self.clock = clock
         try:
             fed = with_ders(feeder, [p.device for p in placements], [p.bus for p in placements],
-                            phase=[_PHASES[p.phase] for p in placements])
+                            phase=[PHASES[p.phase] for p in placements])
             # the estimator's own cut: the head exactly where the gateway's state estimate puts its meter
             cut = StateEstimator(fed, EstimateOptions(uncertainty=False)).cut
         except TwinError as exc:

@@ -80,6 +80,7 @@ from gateway.twin import (
     MeasurementError,
     Measurements,
     ObservabilityError,
+    Phase,
     Policy,
     PowerFlow,
     Reading,
@@ -98,7 +99,8 @@ log = structlog.get_logger("gateway.segment")
 FloatArray = NDArray[np.float64]
 Mode = Literal["estimate", "head-meter", "nominal"]
 
-_PHASES = {"abc": 0, "a": 1, "b": 2, "c": 3}
+#: ``[[twin.ders]] phase`` (and the demo's placements) as the twin's :class:`~gateway.twin.Phase`.
+PHASES = {"abc": Phase.ABC, "a": Phase.A, "b": Phase.B, "c": Phase.C}
 _SQRT3 = math.sqrt(3.0)
 #: What each configured operating point falls back to, in order.
 _CHAIN: dict[str, tuple[Mode, ...]] = {"estimate": ("estimate", "head-meter", "nominal"),
@@ -213,7 +215,7 @@ class Segment:
         base = feeder if feeder is not None else open_feeder(self.twin.feeder)
         ratings = [der.rating_w or config.device(der.device).rated_w or math.nan for der in self.twin.ders]
         self.feeder = with_ders(base, [d.device for d in self.twin.ders], [d.bus for d in self.twin.ders],
-                                phase=[_PHASES[d.phase] for d in self.twin.ders], rating_w=ratings)
+                                phase=[PHASES[d.phase] for d in self.twin.ders], rating_w=ratings)
         self.engine = PowerFlow(self.feeder)
         self.meters = [d.id for d in config.devices if d.role == "meter"]
         default = config.dispatch.default_envelope if config.dispatch is not None else None
