@@ -313,8 +313,9 @@ async def _estimate_vs_truth(segment: Segment, gw: Gateway, grid: DemoGrid) -> N
     if truth is None:
         return
     point = await asyncio.to_thread(segment.starting_point, device_states(gw.fleet.snapshot()))
-    if point.load_p_w is None or point.load_q_var is None or point.source_v_pu is None:
-        log.debug("estimate_vs_truth", operating_point=point.used.mode, reason="no estimated loads this cycle")
+    if point is None or point.load_p_w is None or point.load_q_var is None or point.source_v_pu is None:
+        log.debug("estimate_vs_truth", operating_point=point and point.used.mode,
+                  reason="no estimated loads this cycle")
         return
     held = np.array([p.device in {d.device for d in segment.twin.ders} for p in grid.placements], dtype=bool)
     try:

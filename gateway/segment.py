@@ -20,7 +20,15 @@ The operating point (``[twin] operating_point``), tried in this order until one 
 A configured ``"estimate"`` falls back to ``"head-meter"``, then ``"nominal"``; ``"head-meter"`` to ``"nominal"``.
 Why is logged once per change (``operating_point_fallback``, and ``operating_point_restored`` when it comes back),
 and :attr:`Segment.last_operating_point` says what the last envelope used. Either way the envelope holds for every
-load inside ``load_bound`` times that operating point.
+load inside ``load_bound`` times that operating point, so a point is refused rather than guessed:
+
+- head-meter scaling needs a finite meter reading and every envelope holder's W (a missing one counted as 0 W
+  would understate the load behind the meter), and a load >= 0 (net-generating loads are no multiple of the
+  nominal ones);
+- the nominal loads are refused when a fresh head meter (with every holder's W) implies a total load outside
+  ``load_bound`` times theirs;
+- when no point can be made the cycle publishes the configured default envelope with the reasons
+  (``operating_point_unavailable``, logged once per change).
 
 Readings as estimator input (:meth:`Segment.measurements`). Each quantity's sigma comes from the instrument's stated
 accuracy (:class:`Accuracy`), read as a bound of three sigma, the usual convention in state estimation. A DER's
@@ -247,7 +255,7 @@ class Segment:
                 self.estimator = estimator
                 self._head_bus = int(estimator.cut.bus_from[estimator.cut.feeder.source.bus])
         self._lock = threading.RLock()
-        self._logged: tuple[Mode, str] | None = None
+        self._logged: tuple[Mode | None, str] | None = None
         #: What bound the last envelope (export, import), in words ("vmax at bus 886", "rating", ...); None
         #: when the last one was the default without an AC check.
         self.last_binding: tuple[str, str] | None = None
@@ -265,25 +273,49 @@ class Segment:
         return None
 
     def load_scale(self, states: Mapping[str, DeviceState]) -> float | None:
-        """The nominal-load multiplier the head meter implies, or None without a fresh meter reading."""
+        """The nominal-load multiplier the head meter implies, or None when it cannot be known (see
+        :meth:`_implied_load`)."""
+        try:
+            return self._scale(self._implied_load(states))
+        except _Unavailable:
+            return None
+
+    def _implied_load(self, states: Mapping[str, DeviceState]) -> float:
+        """The feeder's load the head meter implies: its import plus every envelope holder's export (W). Raises
+        :class:`_Unavailable` without a fresh, finite meter reading, or when an envelope holder's W is missing or
+        not finite (counting it as 0 W would understate the load, and the envelope would be certified at loads that
+        are not there)."""
         meter = self.head_meter(states)
         if meter is None or meter.w is None:
-            return None
-        export = sum(s.measurement.w or 0.0 for d in self.twin.ders
-                     if (s := states.get(d.device)) is not None and s.measurement is not None and not s.stale)
-        return self._scale(meter.w + export)
+            raise _Unavailable("no head meter", "no fresh head meter reading")
+        if not math.isfinite(meter.w):
+            raise _Unavailable("head meter", f"the head meter reads {meter.w!r} W")
+        export = 0.0
+        for der in self.twin.ders:
+            state = states.get(der.device)
+            fresh = state is not None and not state.stale and state.measurement is not None
+            w = state.measurement.w if fresh and state is not None and state.measurement is not None else None
+            if w is None or not math.isfinite(w):
+                raise _Unavailable("der reading", f"{der.device} gives no finite W: the load behind the meter is "
+                                                  "not known")
+            export += w
+        return meter.w + export
 
     def _scale(self, load_w: float) -> float | None:
-        """The nominal-load multiplier that makes the loads draw ``load_w`` in all (None: nominal loads sum to 0)."""
+        """The nominal-load multiplier that makes the loads draw ``load_w`` in all; None when no multiplier does
+        (the nominal loads sum to 0, or ``load_w`` is negative: the loads generate, which scaling cannot show)."""
         total = float(self._nominal_p.sum())
-        return max(0.0, load_w / total) if total > 0 else None
+        if not (total > 0 and math.isfinite(load_w) and load_w >= 0):
+            return None
+        return load_w / total
 
     def measurements(self, states: Mapping[str, DeviceState]) -> tuple[Measurements, LoadPriors | None]:
         """This cycle's readings as the (first) estimate takes them, and the load priors to use (None: the
         estimator's own); see the module docstring. The head meter's voltage only with an estimator (it says
         which bus the meter measures). Raises :class:`~gateway.twin.MeasurementError` for readings the twin
         refuses."""
-        readings = self._readings(states)
+        with self._lock:
+            readings = self._readings(states)
         return readings.measurements, readings.priors
 
     def _readings(self, states: Mapping[str, DeviceState]) -> _Readings:
@@ -411,18 +443,36 @@ class Segment:
         return op.load_p_w, op.load_q_var, op.source_v_pu
 
     def _scaled(self, states: Mapping[str, DeviceState]) -> _Loads:
-        scale = self.load_scale(states)
+        load_w = self._implied_load(states)
+        scale = self._scale(load_w)
         if scale is None:
-            raise _Unavailable("no head meter", "no fresh head meter reading")
+            raise _Unavailable("head meter", f"the head meter implies a load of {load_w:.0f} W, which no multiple "
+                                             "of the nominal loads draws")
         return self._nominal_p * scale, self._nominal_q * scale, self.twin.source_v_pu
 
-    def starting_point(self, states: Mapping[str, DeviceState]) -> StartingPoint:
-        """The operating point this cycle's envelope starts from: the first of the configured chain that can be made
-        (module docstring). Records it in :attr:`last_operating_point`; logs a change of fallback once."""
-        with self._lock:
-            return self._starting_point(states)
+    def _nominal(self, states: Mapping[str, DeviceState]) -> _Loads:
+        """The nominal loads, unless a fresh head meter says the load lies outside ``load_bound`` times them (then
+        the envelope's interval would not hold what is there)."""
+        try:
+            load_w = self._implied_load(states)
+        except _Unavailable:
+            return None, None, self.twin.source_v_pu
+        lo, hi = self.twin.load_bound
+        total = float(self._nominal_p.sum())
+        if not lo * total <= load_w <= hi * total:
+            raise _Unavailable("contradicted", f"the head meter implies a load of {load_w:.0f} W, outside "
+                                               f"load_bound {lo:g}..{hi:g} x the nominal {total:.0f} W")
+        return None, None, self.twin.source_v_pu
 
-    def _starting_point(self, states: Mapping[str, DeviceState]) -> StartingPoint:
+    def starting_point(self, states: Mapping[str, DeviceState]) -> StartingPoint | None:
+        """The operating point an envelope would start from with these states: the first of the configured chain
+        that can be made (module docstring), or None when none can. Records nothing (:meth:`envelope` does)."""
+        with self._lock:
+            point, _ = self._starting_point(states)
+            return point
+
+    def _starting_point(self, states: Mapping[str, DeviceState]) -> tuple[StartingPoint | None, str]:
+        """The point (or None) and, when it is not the configured one, the causes (for the log)."""
         wanted = self.twin.operating_point
         reasons: list[str] = []
         causes: list[str] = []
@@ -434,22 +484,23 @@ class Segment:
                 elif mode == "head-meter":
                     p, q, v = self._scaled(states)
                 else:
-                    p, q, v = None, None, self.twin.source_v_pu
+                    p, q, v = self._nominal(states)
             except _Unavailable as exc:
                 reasons.append(f"{mode}: {exc}")
                 causes.append(exc.cause)
                 continue
             used = PointUsed(mode, time.perf_counter() - started, "; ".join(reasons) or None)
-            self.last_operating_point = used
-            self._note(mode, wanted, "; ".join(causes), used.reason)
-            return StartingPoint(p, q, v, used)
-        raise AssertionError("the chain ends with nominal, which is always available")  # pragma: no cover
+            return StartingPoint(p, q, v, used), "; ".join(causes)
+        return None, "; ".join(causes) + "|" + "; ".join(reasons)
 
-    def _note(self, mode: Mode, wanted: str, cause: str, reason: str | None) -> None:
+    def _note(self, mode: Mode | None, wanted: str, cause: str, reason: str | None) -> None:
         key = (mode, cause)
         if key == self._logged:
             return
-        if mode != wanted:
+        if mode is None:
+            log.warning("operating_point_unavailable", configured=wanted, reason=reason,
+                        envelope="the configured default")
+        elif mode != wanted:
             log.warning("operating_point_fallback", operating_point=mode, configured=wanted, reason=reason)
         elif self._logged is not None:
             log.info("operating_point_restored", operating_point=mode)
@@ -468,7 +519,13 @@ class Segment:
         stale = [d.device for d in self.twin.ders if (s := states.get(d.device)) is None or s.stale]
         if stale:
             return self._default(now, valid_until, sequence, f"stale envelope holder(s): {', '.join(stale)}")
-        point = self.starting_point(states)
+        point, causes = self._starting_point(states)
+        if point is None:
+            reason = causes.partition("|")[2]
+            self._note(None, self.twin.operating_point, causes, reason)
+            return self._default(now, valid_until, sequence, f"no operating point: {reason}")
+        self.last_operating_point = point.used
+        self._note(point.used.mode, self.twin.operating_point, causes, point.used.reason)
         try:
             result = certify_envelope(self.engine, self.request, load_p_w=point.load_p_w,
                                       load_q_var=point.load_q_var, source_v_pu=point.source_v_pu)
