@@ -293,8 +293,8 @@ class Segment:
         export = 0.0
         for der in self.twin.ders:
             state = states.get(der.device)
-            fresh = state is not None and not state.stale and state.measurement is not None
-            w = state.measurement.w if fresh and state is not None and state.measurement is not None else None
+            m = state.measurement if state is not None and not state.stale else None
+            w = m.w if m is not None else None
             if w is None or not math.isfinite(w):
                 raise _Unavailable("der reading", f"{der.device} gives no finite W: the load behind the meter is "
                                                   "not known")
@@ -468,11 +468,11 @@ class Segment:
         """The operating point an envelope would start from with these states: the first of the configured chain
         that can be made (module docstring), or None when none can. Records nothing (:meth:`envelope` does)."""
         with self._lock:
-            point, _ = self._starting_point(states)
-            return point
+            return self._starting_point(states)[0]
 
-    def _starting_point(self, states: Mapping[str, DeviceState]) -> tuple[StartingPoint | None, str]:
-        """The point (or None) and, when it is not the configured one, the causes (for the log)."""
+    def _starting_point(self, states: Mapping[str, DeviceState]) -> tuple[StartingPoint | None, str, str]:
+        """The point (or None), and why the modes before it could not be made: their causes (what the log keys
+        on) and the reasons in words."""
         wanted = self.twin.operating_point
         reasons: list[str] = []
         causes: list[str] = []
@@ -490,8 +490,8 @@ class Segment:
                 causes.append(exc.cause)
                 continue
             used = PointUsed(mode, time.perf_counter() - started, "; ".join(reasons) or None)
-            return StartingPoint(p, q, v, used), "; ".join(causes)
-        return None, "; ".join(causes) + "|" + "; ".join(reasons)
+            return StartingPoint(p, q, v, used), "; ".join(causes), used.reason or ""
+        return None, "; ".join(causes), "; ".join(reasons)
 
     def _note(self, mode: Mode | None, wanted: str, cause: str, reason: str | None) -> None:
         key = (mode, cause)
@@ -519,9 +519,8 @@ class Segment:
         stale = [d.device for d in self.twin.ders if (s := states.get(d.device)) is None or s.stale]
         if stale:
             return self._default(now, valid_until, sequence, f"stale envelope holder(s): {', '.join(stale)}")
-        point, causes = self._starting_point(states)
+        point, causes, reason = self._starting_point(states)
         if point is None:
-            reason = causes.partition("|")[2]
             self._note(None, self.twin.operating_point, causes, reason)
             return self._default(now, valid_until, sequence, f"no operating point: {reason}")
         self.last_operating_point = point.used

@@ -47,3 +47,9 @@ def render(rows: list[Row], header: str) -> str:
     skipped = sum(r.passed is None for r in targets)
     out.append(f"  {passed}/{len(targets)} targets met" + (f" ({skipped} not measured)" if skipped else ""))
     return "\n".join(out)
+
+
+def targets_json(rows: Sequence[Row]) -> dict[str, dict[str, object]]:
+    """The summary's targets for a ``--json`` file: key -> ours, reference, target, pass."""
+    return {r.key: {"ours": r.ours, "reference": r.reference, "target": r.target, "pass": r.passed}
+            for r in rows if r.key}

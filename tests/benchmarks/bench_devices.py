@@ -55,7 +55,7 @@ from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 from gateway.devices import Fleet, Poller, Reading, SunSpecDevice, TcpEndpoint, UnitIO
 from gateway.sim import image_from_dump, image_from_models
 from gateway.sunspec import Span, decode_block, decode_bytes, model_def, plan_reads
-from tests.benchmarks._table import Row, render
+from tests.benchmarks._table import Row, render, targets_json
 from tests.devices.bench_transport import COUNT, _BareClient, _bench_clients, _server_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -563,8 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": asdict(s), "versions": _versions(),
             "decode_103": asdict(decode), "cpu_per_request_us": requests,
             "reads": [asdict(r) for r in reads], "fleets": [asdict(f) for f in fleets],
-            "targets": {r.key: {"ours": r.ours, "reference": r.reference, "target": r.target, "pass": r.passed}
-                        for r in rows if r.key},
+            "targets": targets_json(rows),
         }
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

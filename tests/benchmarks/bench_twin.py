@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from gateway.twin import EnvelopeRequest, EnvelopeResult, FlowOptions, FlowResult, PowerFlow, certify_envelope
-from tests.benchmarks._table import Row, render
+from tests.benchmarks._table import Row, render, targets_json
 from tests.benchmarks._twin_cases import Case, cases
 from tests.benchmarks._twin_opendss import OpenDssFeeder, Problem
 
@@ -350,8 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         data: dict[str, Any] = {
             "settings": asdict(s), "versions": _versions(), "cases": [asdict(f) for f in figures],
-            "targets": {r.key: {"ours": r.ours, "reference": r.reference, "target": r.target, "pass": r.passed}
-                        for r in rows if r.key},
+            "targets": targets_json(rows),
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
