@@ -23,9 +23,11 @@ each drop is counted per kind in :attr:`Outbox.stats` and logged (the first at o
 line every 10 s while dropping continues, and at close). A message the broker refuses (PUBACK reason >= 0x80,
 e.g. not authorised by its ACL) cannot succeed by resending: it is deleted, counted and logged.
 
-Threads: SQLite runs in one worker thread of its own (the loop never waits on the disk); everything else runs on
-the event loop. While replaying a backlog, pages are read from disk; once caught up, freshly committed messages go
-straight from memory to the uplink. Acknowledged messages are deleted by ranges of ids, in the next transaction.
+Processes: SQLite runs in a process of its own (:mod:`gateway.uplink._outbox_store`, started and restarted by
+:mod:`gateway.uplink._outbox_process`), so the loop neither waits on the disk nor shares the GIL with a database
+thread; everything else runs on the event loop, with no thread. While replaying a backlog, pages are read from disk
+(counted in :attr:`OutboxStats.paged`); once caught up, freshly committed messages go straight from memory to the
+uplink. Acknowledged messages are deleted by ranges of ids, in the next transaction.
 """
 
 from __future__ import annotations
@@ -36,35 +38,27 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from itertools import chain
+from itertools import starmap
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Protocol, Self, TypeVar
+from typing import Literal, NamedTuple, Protocol, Self
 
 import structlog
 
 from gateway.errors import ConfigError, UplinkUnavailable
+from gateway.uplink._outbox_process import StoreProcess
 
 __all__ = ["DROP_ORDER", "MessageKind", "Outbox", "OutboxStats", "Transport"]
 
 log = structlog.get_logger("gateway.uplink.outbox")
 
 _CONNECTION_LOST = -1  # what Transport.publish's on_ack receives when the connection dropped first
-_SQL_PARAMS = 500  # ids per "IN (...)" statement, under SQLite's host-parameter limit
-_INSERT_CHUNKS = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per multi-row INSERT (cached statements)
 _ID, _KIND, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)
-# ?1 is the commit time, shared by every row (one bound value instead of a julianday() per row).
-_INSERT_SQL = {n: "INSERT INTO outbox (id, kind, payload, created) VALUES "  # noqa: S608 (placeholders only)
-                  + ",".join(f"(?{3 * i + 2}, ?{3 * i + 3}, ?{3 * i + 4}, ?1)" for i in range(n))
-               for n in _INSERT_CHUNKS}
 _DROP_LOG_EVERY_S = 10.0
-_PAGE_SIZE = 16384  # fewer pages per ~1-2 KB signed message: ~15 % less CPU per stored row than 4096
-T = TypeVar("T")
 
 
 class MessageKind(StrEnum):
@@ -102,12 +96,6 @@ class _Row(NamedTuple):
     payload: bytes
 
 
-class _Dropped(NamedTuple):
-    id: int
-    kind: str
-    size: int
-
-
 @dataclass(slots=True)
 class OutboxStats:
     """Counters since open, and what the store holds now."""
@@ -117,168 +105,12 @@ class OutboxStats:
     accepted: int = 0
     sent: int = 0
     sent_historical: int = 0
+    paged: int = 0  # messages read back from disk to be sent: a backlog (after an outage or a restart); 0 while live
     acked: int = 0
     refused: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {k.value: 0 for k in MessageKind})
     write_errors: int = 0
     commits: int = 0
-
-
-class _Store:
-    """The SQLite side; every method runs in the outbox's one database thread."""
-
-    def __init__(self, path: Path, synchronous: str) -> None:
-        self.path = path
-        self.synchronous = synchronous
-        self.db: sqlite3.Connection | None = None
-        self.rows = dict.fromkeys([k.value for k in MessageKind], 0)
-        self.bytes = dict.fromkeys([k.value for k in MessageKind], 0)
-        self._chunks: tuple[int, ...] = _INSERT_CHUNKS
-
-    def open(self) -> int:
-        """Open (creating) the database; return the highest id it holds (0 when empty)."""
-        db = self.db = sqlite3.connect(self.path, isolation_level=None, cached_statements=len(_INSERT_CHUNKS) + 16)
-        params = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunks = tuple(n for n in _INSERT_CHUNKS if 3 * n + 1 <= params)
-        db.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # new files only (a no-op on an existing one)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
-                   "payload BLOB NOT NULL, created REAL NOT NULL)")
-        db.execute("CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id)")
-        for kind, count, size in db.execute("SELECT kind, count(*), total(length(payload)) FROM outbox GROUP BY kind"):
-            if kind not in self.rows:
-                raise ConfigError(f"outbox {self.path}: holds rows of unknown kind {kind!r}; fix: move the file "
-                                  f"aside (it is not a gridedge outbox of this version)")
-            self.rows[kind], self.bytes[kind] = int(count), int(size)
-        (top,) = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
-        return int(top)
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-    @property
-    def total_rows(self) -> int:
-        return sum(self.rows.values())
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
-
-    def commit(self, inserts: list[_Row], deletes: list[_Row], max_rows: int, max_bytes: int) -> list[_Dropped]:
-        """One transaction: store ``inserts``, delete ``deletes`` (acknowledged), then drop by policy until within
-        bounds. Returns what the policy dropped."""
-        db = self.db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._insert(db, inserts)
-            self._delete_acknowledged(db, deletes)
-            dropped = self._enforce(max_rows, max_bytes)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._recount()
-            raise
-        return dropped
-
-    # This thread holds the GIL for every Python step it takes, and the event loop waits meanwhile: per-row work
-    # here goes through C iteration (chain, map, sorted), never a Python loop over rows.
-
-    def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> None:
-        start = 0
-        now = (time.time(),)
-        for size in self._chunks:
-            while len(rows) - start >= size:
-                db.execute(_INSERT_SQL[size], list(chain(now, chain.from_iterable(rows[start:start + size]))))
-                start += size
-        self._count(rows, +1)
-
-    def _delete_acknowledged(self, db: sqlite3.Connection, rows: list[_Row]) -> None:
-        """Delete by runs of consecutive ids (acknowledgements come in order: usually one statement)."""
-        if not rows:
-            return
-        ids = sorted(map(_ID, rows))
-        if ids[-1] - ids[0] + 1 == len(ids):
-            runs = [(ids[0], ids[-1])]
-        else:
-            runs = []
-            first = last = ids[0]
-            for i in ids[1:]:
-                if i != last + 1:
-                    runs.append((first, last))
-                    first = i
-                last = i
-            runs.append((first, last))
-        before = db.total_changes
-        db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", runs)
-        if db.total_changes - before != len(ids):  # some were dropped meanwhile: count again
-            self._recount()
-            return
-        self._count(rows, -1)
-
-    def _count(self, rows: list[_Row], sign: int) -> None:
-        kinds = set(map(_KIND, rows))
-        for kind in kinds:
-            mine = rows if len(kinds) == 1 else [r for r in rows if r.kind == kind]
-            self.rows[kind] += sign * len(mine)
-            self.bytes[kind] += sign * sum(map(len, map(_PAYLOAD, mine)))
-
-    def _delete(self, ids: list[int]) -> list[_Dropped]:
-        db = self.db
-        assert db is not None
-        gone: list[_Dropped] = []
-        for start in range(0, len(ids), _SQL_PARAMS):
-            chunk = ids[start:start + _SQL_PARAMS]
-            marks = ",".join("?" * len(chunk))
-            for row_id, kind, size in db.execute(
-                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING id, kind, length(payload)",  # noqa: S608
-                    chunk):
-                self.rows[kind] -= 1
-                self.bytes[kind] -= int(size)
-                gone.append(_Dropped(int(row_id), str(kind), int(size)))
-        return gone
-
-    def _enforce(self, max_rows: int, max_bytes: int) -> list[_Dropped]:
-        db = self.db
-        assert db is not None
-        dropped: list[_Dropped] = []
-        for kind in DROP_ORDER:
-            excess_rows = self.total_rows - max_rows
-            excess_bytes = self.total_bytes - max_bytes
-            if excess_rows <= 0 and excess_bytes <= 0:
-                break
-            keep = 1 if kind is MessageKind.ENVELOPE else 0  # the newest envelope: the limits in force
-            droppable = self.rows[kind] - keep
-            if droppable <= 0:
-                continue
-            victims: list[int] = []
-            freed_bytes = 0
-            for row_id, size in db.execute("SELECT id, length(payload) FROM outbox WHERE kind = ? ORDER BY id "
-                                           "LIMIT ?", (kind.value, droppable)):
-                if len(victims) >= excess_rows and freed_bytes >= excess_bytes:
-                    break
-                victims.append(int(row_id))
-                freed_bytes += int(size)
-            dropped += self._delete(victims)
-        return dropped
-
-    def _recount(self) -> None:
-        db = self.db
-        assert db is not None
-        self.rows = dict.fromkeys([k.value for k in MessageKind], 0)
-        self.bytes = dict.fromkeys([k.value for k in MessageKind], 0)
-        for kind, count, size in db.execute("SELECT kind, count(*), total(length(payload)) FROM outbox GROUP BY kind"):
-            self.rows[kind], self.bytes[kind] = int(count), int(size)
-
-    def page(self, after: int, limit: int) -> list[_Row]:
-        db = self.db
-        assert db is not None
-        return [_Row(int(i), str(k), bytes(p)) for i, k, p in
-                db.execute("SELECT id, kind, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
 
 
 class Outbox:
@@ -304,11 +136,10 @@ class Outbox:
         self.max_bytes = max_bytes
         self.stats = OutboxStats()
         self._transport = transport
-        self._store = _Store(self.path, synchronous)
+        self._store = StoreProcess(self.path, synchronous)
         self._batch_rows = batch_rows
         self._memory_rows = memory_rows
         self._page_rows = page_rows
-        self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_id = 1
         self._horizon = 0  # ids <= this were put before the current connection came up: sent as historical
@@ -332,7 +163,6 @@ class Outbox:
         self._closing = False
         self._drops_unlogged: dict[str, int] = {}
         self._last_drop_log = float("-inf")
-        self._insert_commits = 0
         self._refusals_logged: set[tuple[str, int]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -347,16 +177,11 @@ class Outbox:
 
     async def open(self) -> None:
         """Open the database (replaying whatever a previous run left) and start the writer and the sender."""
-        if self._executor is not None:
+        if self._tasks:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
+        await self._store.open()
         self._loop = asyncio.get_running_loop()
-        try:
-            top = await self._db(self._store.open)
-        except sqlite3.Error as exc:
-            await self._shutdown_executor()
-            raise ConfigError(f"outbox {self.path}: cannot be opened as SQLite ({exc}); fix the path or move the "
-                              f"file aside") from exc
+        top = self._store.top
         self._next_id = top + 1
         self._horizon = top  # whatever a previous run left is historical
         self._refresh_totals()
@@ -369,7 +194,7 @@ class Outbox:
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop sending, commit what is pending (accepted messages, acknowledgements), close the database."""
-        if self._executor is None:
+        if not self._tasks:
             return
         self._closing = True
         self._loop = None
@@ -393,20 +218,9 @@ class Outbox:
             self._fail(list(self._pending), "outbox closed before they were stored")
         self._pending.clear()
         self._log_drops(time.monotonic())
-        await self._db(self._store.close)
-        await self._shutdown_executor()
+        await self._store.close()
         self._tasks = []
         self._notify_committed()  # wake anyone still waiting in durable()
-
-    async def _shutdown_executor(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, partial(executor.shutdown, wait=True))
-
-    def _db(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        if self._executor is None:
-            raise UplinkUnavailable(f"outbox {self.path} is not open")
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- accepting -------------------------------------------------------------------------------------------------
 
@@ -458,7 +272,6 @@ class Outbox:
     # -- the writer: one transaction at a time, each holding everything that queued up meanwhile --------------------
 
     async def _write_loop(self) -> None:
-        inserts_committed = 0
         while True:
             if not self._pending and not self._acked:
                 if self._closing:
@@ -475,13 +288,17 @@ class Outbox:
             acked, self._acked = self._acked, []
             self._deleting.update(map(_ID, acked))
             try:
-                dropped = await self._db(self._store.commit, rows, acked, self.max_rows, self.max_bytes)
+                dropped = await self._store.commit(list(map(tuple, rows)),  # type: ignore[arg-type] # plain tuples
+                                                   list(map(_ID, acked)),
+                                                   list(map(_KIND, acked)), list(map(len, map(_PAYLOAD, acked))),
+                                                   self.max_rows, self.max_bytes)
             except (sqlite3.Error, OSError) as exc:
                 self._deleting.difference_update(map(_ID, acked))
                 self._acked.extend(acked)  # deleted with a later transaction
                 self.stats.write_errors += 1
                 if rows:
                     self._fail(rows, f"write failed: {exc}")
+                    self._tail_live = False  # a store process that died after committing them: read the disk
                 self._notify_committed()
                 if not self._closing:
                     await asyncio.sleep(0.5)
@@ -493,8 +310,6 @@ class Outbox:
             gone = self._note_drops(dropped)
             if rows:
                 self._durable_upto = rows[-1].id
-                inserts_committed += 1
-                self._insert_commits = inserts_committed
                 fresh = rows if not gone and rows[0].id > self._last_queued else \
                     [r for r in rows if r.id > self._last_queued and r.id not in gone]
                 if fresh and self._tail_live and len(self._sendq) + len(fresh) <= self._memory_rows:
@@ -520,17 +335,18 @@ class Outbox:
         self.stats.stored_rows = self._store.total_rows
         self.stats.stored_bytes = self._store.total_bytes
 
-    def _note_drops(self, dropped: list[_Dropped]) -> set[int]:
-        """Count and log what the bound made us drop; forget it in the send queue. Returns the dropped ids."""
+    def _note_drops(self, dropped: list[tuple[int, str, int]]) -> set[int]:
+        """Count and log what the bound made us drop (``(id, kind, size)``); forget it in the send queue. Returns
+        the dropped ids."""
         now = time.monotonic()
-        for d in dropped:
-            self.stats.dropped[d.kind] += 1
-            self._drops_unlogged[d.kind] = self._drops_unlogged.get(d.kind, 0) + 1
+        for _, kind, _ in dropped:
+            self.stats.dropped[kind] += 1
+            self._drops_unlogged[kind] = self._drops_unlogged.get(kind, 0) + 1
         if not dropped or now - self._last_drop_log >= _DROP_LOG_EVERY_S:
             self._log_drops(now)
         if not dropped:
             return set()
-        gone = {d.id for d in dropped}
+        gone = set(map(_ID, dropped))
         if any(r.id in gone for r in self._sendq):
             self._sendq = deque(r for r in self._sendq if r.id not in gone)
         return gone
@@ -594,17 +410,20 @@ class Outbox:
             await asyncio.sleep(0)  # let the loop write them out and read acknowledgements
 
     async def _page(self) -> None:
-        """Queue the next page of stored messages; once a short page was read with no insert committing
-        meanwhile, every later message reaches the send queue from memory."""
-        epoch, inserts, after = self._epoch, self._insert_commits, self._last_queued
-        rows = await self._db(self._store.page, after, self._page_rows)
+        """Queue the next page of stored messages; once a page comes back short, every later message reaches the
+        send queue from memory. (The store answers in request order: a page holds every transaction committed
+        before it was asked for, and any committed after is answered after it, when the tail is live.)"""
+        epoch, after = self._epoch, self._last_queued
+        rows = list(starmap(_Row, await self._store.page(after, self._page_rows)))
         if epoch != self._epoch or after != self._last_queued:
             return  # the connection changed while we read: start again
         skip = self._deleting.union(r.id for r in self._acked)
+        before = len(self._sendq)
         self._sendq.extend(r for r in rows if r.id not in skip and r.id not in self._inflight)
+        self.stats.paged += len(self._sendq) - before
         if rows:
             self._last_queued = rows[-1].id
-        if len(rows) < self._page_rows and inserts == self._insert_commits:
+        if len(rows) < self._page_rows:
             self._tail_live = True
 
     def _on_ack(self, row: _Row, code: int) -> None:

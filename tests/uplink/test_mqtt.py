@@ -27,17 +27,10 @@ from tests.uplink._broker import Broker
 from tests.uplink._headend import HeadEnd, tls_context
 from tests.uplink._signed import envelope, signer_for, telemetry, verifier_for
 from tests.uplink._signing import command_payload
+from tests.uplink._waits import until
 from tests.uplink.conftest import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_signed_messages_arrive_byte_identical_and_verify_at_the_headend(

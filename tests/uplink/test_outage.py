@@ -19,6 +19,7 @@ from tests.uplink._broker import Broker
 from tests.uplink._headend import HeadEnd, Received
 from tests.uplink._relay import Relay
 from tests.uplink._signed import verifier_for
+from tests.uplink._waits import store_pids, until
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_SEQ = 1_000_000  # the second process numbers its new messages from here
@@ -175,12 +176,12 @@ async def test_crash_with_deliveries_unacknowledged_resends_the_same_bytes_as_hi
         await he.wait_until(lambda: len(data_messages(he, mosquitto)) >= at_hold + 100,
                             what="100 deliveries the publisher will never hear acknowledged")
         await _quiet(he, mosquitto)
+        assert len(store_pids(outbox)) == 1
         await first.kill()
+        # Its store process ends too (its stdin closed), once its last transaction is done: no orphan holds the file.
+        await until(lambda: not store_pids(outbox), "the killed publisher's store process exits")
     finally:
         await relay.close()
-    unacknowledged = len(data_messages(he, mosquitto)) - at_hold
-    # The publisher stops at its window (max_inflight 256): it never runs ahead of acknowledgements unboundedly.
-    assert unacknowledged <= 256 + 64, unacknowledged
 
     second = await Publisher.start(mosquitto, outbox, tmp_path, "--exit-when-empty")
     assert await second.exit_code() == 0, second.stderr.read_text()[-3000:]
@@ -193,6 +194,10 @@ async def test_crash_with_deliveries_unacknowledged_resends_the_same_bytes_as_hi
     assert {msg_id for _s, msg_id, _k in first.accepted} <= {p["id"] for p in firsts}
     duplicated = {msg_id: positions for msg_id, positions in copies.items() if len(positions) > 1}
     assert len(duplicated) >= 100, f"only {len(duplicated)} messages were sent twice"
+    # The publisher stops at its window (max_inflight 256): what it sent and never heard acknowledged (so sends
+    # again) is at most one window. (Counted here, not at the head-end at the hold: deliveries the broker had
+    # acknowledged before the hold may still be on their way to the head-end then.)
+    assert len(duplicated) <= 256, len(duplicated)
     for positions in duplicated.values():
         original, *again = (received[i] for i in positions)
         assert all(copy.payload == original.payload for copy in again)

@@ -1,0 +1,184 @@
+"""The event loop's side of the outbox's store process: :class:`StoreProcess` starts
+:mod:`gateway.uplink._outbox_store` as a child, sends it requests and awaits its answers, with no thread of its own.
+
+If the child dies (killed, out of memory), every request in flight fails with :class:`OSError` (its transaction
+rolled back: nothing in it was accepted) and the next request starts a new child, which opens the file again first.
+A failure the child reports comes back as the exception it was there: :class:`sqlite3.Error` or :class:`OSError`;
+a file that is not an outbox of this version is a :class:`~gateway.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import marshal
+import sqlite3
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.errors import ConfigError
+from gateway.uplink import _outbox_store
+from gateway.uplink._outbox_store import KINDS, frame
+
+__all__ = ["StoreProcess"]
+
+log = structlog.get_logger("gateway.uplink.outbox")
+
+_SCRIPT = Path(_outbox_store.__file__).resolve()
+_CLOSE_TIMEOUT_S = 5.0
+_PIPE_BYTES = 4 * 1024 * 1024
+
+
+class _Pipe(asyncio.SubprocessProtocol):
+    """Splits the child's stdout into frames and hands each answer to the oldest request waiting."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.exited = False
+        self.gone = asyncio.Event()
+        self._buffer = bytearray()
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            end = 4 + int.from_bytes(buffer[:4], "little")
+            if len(buffer) < end:
+                return
+            answer = marshal.loads(buffer[4:end])  # noqa: S302 (our own child's pipe, not the network)
+            del buffer[:end]
+            if self.waiting:
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+
+    def process_exited(self) -> None:
+        self.exited = True
+        self.gone.set()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(OSError("the outbox store process exited before answering"))
+
+
+class StoreProcess:
+    """``await open()`` starts the child and opens ``path``; then ``commit``, ``page``; ``close()`` at the end.
+
+    ``rows`` and ``bytes``: what the store holds per kind, as of its last answer to ``open`` or ``commit``.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.rows = dict.fromkeys(KINDS, 0)
+        self.bytes = dict.fromkeys(KINDS, 0)
+        self.top = 0  # the highest id in the file when it was last opened
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pipe: _Pipe | None = None
+        self._starts = 0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+    async def open(self) -> None:
+        """Start the child and open the file (raises ConfigError if it cannot be an outbox)."""
+        try:
+            await self._start()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise ConfigError(f"outbox {self.path}: cannot be opened as SQLite ({exc}); fix the path or move the "
+                              f"file aside") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def commit(self, inserts: list[tuple[int, str, bytes]], ack_ids: list[int], ack_kinds: list[str],
+                     ack_sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[int, str, int]]:
+        """One transaction (see :meth:`gateway.uplink._outbox_store.Store.commit`); returns what was dropped."""
+        dropped, self.rows, self.bytes = await self._call(
+            ("commit", inserts, ack_ids, ack_kinds, ack_sizes, max_rows, max_bytes))
+        return dropped  # type: ignore[no-any-return]
+
+    async def page(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        return await self._call(("page", after, limit))  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the file and let the child exit (killed if it does not within 5 s)."""
+        transport, pipe, self._transport, self._pipe = self._transport, self._pipe, None, None
+        if transport is None or pipe is None:
+            return
+        try:
+            if not pipe.exited:
+                with contextlib.suppress(OSError, sqlite3.Error, TimeoutError):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await self._send(transport, pipe, ("close",))
+                        await pipe.gone.wait()
+        finally:
+            if transport.get_returncode() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    transport.kill()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await pipe.gone.wait()
+            transport.close()
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, self._pipe = await loop.subprocess_exec(
+            _Pipe, sys.executable, "-I", "-S", str(_SCRIPT), str(self.path), self.synchronous, stderr=None)
+        _widen(self._transport)
+        self._starts += 1
+        if self._starts > 1:
+            log.warning("outbox store process restarted", path=str(self.path), starts=self._starts)
+        self.top, self.rows, self.bytes = await self._send(self._transport, self._pipe, ("open",))
+
+    async def _call(self, request: tuple[Any, ...]) -> Any:
+        if self._transport is None or self._pipe is None or self._pipe.exited:
+            if self._transport is not None:
+                code = self._transport.get_returncode()
+                log.error("outbox store process died; starting a new one", path=str(self.path), returncode=code)
+                self._transport.close()
+            await self._start()
+        assert self._transport is not None
+        assert self._pipe is not None
+        return await self._send(self._transport, self._pipe, request)
+
+    @staticmethod
+    async def _send(transport: asyncio.SubprocessTransport, pipe: _Pipe, request: tuple[Any, ...]) -> Any:
+        stdin = transport.get_pipe_transport(0)
+        if stdin is None or stdin.is_closing() or pipe.exited:
+            raise OSError("the outbox store process is not running")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pipe.waiting.append(future)
+        stdin.write(frame(request))  # type: ignore[attr-defined]
+        answer = await future
+        if answer[0] == 0:
+            return answer[1]
+        _, kind, message = answer
+        if kind == "sqlite":
+            raise sqlite3.OperationalError(message)
+        if kind == "outbox":
+            raise ConfigError(message)
+        raise OSError(message)
+
+
+def _widen(transport: asyncio.SubprocessTransport) -> None:
+    """Make the request pipe as large as the system allows: a transaction's rows go in one write instead of
+    trickling through 64 KiB, one event-loop turn per piece."""
+    stdin = transport.get_pipe_transport(0)
+    pipe = stdin.get_extra_info("pipe") if stdin is not None else None
+    if pipe is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, min(size, _PIPE_BYTES))

@@ -1,0 +1,111 @@
+"""The outbox's store process (SQLite in a process of its own): it ends with the outbox, survives a Ctrl-C or a
+service stop sent to the whole group, is started again if it dies without losing what was accepted, and while the
+uplink keeps up, messages go to the broker from memory, never read back from disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from gateway.errors import UplinkUnavailable
+from gateway.uplink._mqtt import MqttUplink
+from gateway.uplink._outbox import MessageKind, Outbox
+from tests.uplink._broker import Broker
+from tests.uplink._headend import HeadEnd
+from tests.uplink._waits import store_pids
+from tests.uplink.conftest import settings_for
+
+T = MessageKind.TELEMETRY
+
+
+def arrived(he: HeadEnd) -> list[bytes]:
+    return [m.payload for m in he.snapshot() if not m.topic.endswith("/status")]
+
+
+async def test_while_live_messages_are_sent_from_memory_not_read_back_from_disk(
+        mosquitto: Broker, headend: Callable[..., HeadEnd], tmp_path: Path) -> None:
+    """Puts pipelined from the start, so that transactions keep committing while the sender reads its first pages:
+    everything arrives in order, and only what was committed before the sender caught up is read from the file.
+    (It once never caught up: every message was stored, read back, then sent, at twice the disk work.)"""
+    he = headend()
+    await he.wait_subscribed()
+    payloads = [b"live-%05d" % i for i in range(5000)]
+    async with MqttUplink(settings_for(mosquitto)) as uplink:
+        await uplink.wait_connected(10)
+        async with Outbox(tmp_path / "outbox.sqlite", uplink, page_rows=256) as outbox:
+            last = 0
+            for i, payload in enumerate(payloads):
+                last = outbox.put_nowait(T, payload)
+                if i % 50 == 49:
+                    await asyncio.sleep(0)
+                    await outbox.durable(last - 500)
+            await outbox.durable(last)
+            await outbox.wait_empty(30)
+            assert outbox.stats.acked == len(payloads)
+            assert outbox.stats.paged < len(payloads) // 5, outbox.stats.paged
+    await he.wait_until(lambda: len(arrived(he)) == len(payloads), what="every message")
+    assert arrived(he) == payloads
+
+
+async def test_the_store_process_ignores_a_group_wide_stop_signal_and_ends_with_the_outbox(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    """Ctrl-C and systemd's stop reach every process of the group: the store must stay up for the daemon's orderly
+    close (its last transaction), then end with it."""
+    path = tmp_path / "outbox.sqlite"
+    mosquitto.stop()
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as outbox:
+        await outbox.put(T, b"before")
+        (pid,) = store_pids(path)
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        await outbox.put(T, b"after")  # stored by the same process
+        assert store_pids(path) == [pid]
+        assert outbox.stats.stored_rows == 2
+    assert store_pids(path) == []
+
+
+async def test_a_store_process_that_dies_is_started_again_and_nothing_accepted_is_lost(
+        mosquitto: Broker, headend: Callable[..., HeadEnd], tmp_path: Path) -> None:
+    he = headend()
+    await he.wait_subscribed()
+    path = tmp_path / "outbox.sqlite"
+    accepted: list[bytes] = []
+    refused: list[bytes] = []
+
+    async def put(payload: bytes) -> None:
+        try:
+            await outbox.put(T, payload)
+        except UplinkUnavailable:
+            refused.append(payload)
+        else:
+            accepted.append(payload)
+
+    with capture_logs() as logs:
+        async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as outbox:
+            await uplink.wait_connected(10)
+            for i in range(100):
+                await put(b"first-%03d" % i)
+            (pid,) = store_pids(path)
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.gather(*(put(b"during-%03d" % i) for i in range(100)))  # some may meet the dead one
+            for i in range(100):
+                await put(b"then-%03d" % i)
+            await outbox.wait_empty(30)
+            (again,) = store_pids(path)
+            assert again != pid
+            assert outbox.stats.write_errors <= 1
+    assert len(accepted) >= 200
+    assert [p for p in accepted if p.startswith(b"first")] == [b"first-%03d" % i for i in range(100)]
+    assert [p for p in accepted if p.startswith(b"then")] == [b"then-%03d" % i for i in range(100)]
+    await he.wait_until(lambda: set(accepted) <= set(arrived(he)), what="every accepted message")
+    got = arrived(he)
+    assert [p for p in got if p in set(accepted)] == accepted  # in order, whatever was refused in between
+    assert any(e["event"] == "outbox store process died; starting a new one" for e in logs)
+    if refused:
+        assert any(e["event"] == "outbox: messages not accepted" for e in logs)
