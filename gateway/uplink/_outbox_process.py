@@ -80,7 +80,9 @@ class StoreProcess:
         self.top = 0  # the highest id in the file when it was last opened
         self._transport: asyncio.SubprocessTransport | None = None
         self._pipe: _Pipe | None = None
-        self._starts = 0
+        self._opened = False  # between open() and close(): a child that died is started again
+        self._restarting = asyncio.Lock()  # the writer and the sender may both find it dead
+        self.restarts = 0
 
     @property
     def total_rows(self) -> int:
@@ -94,6 +96,7 @@ class StoreProcess:
         """Start the child and open the file (raises ConfigError if it cannot be an outbox)."""
         try:
             await self._start()
+            self._opened = True
         except sqlite3.Error as exc:
             await self.close()
             raise ConfigError(f"outbox {self.path}: cannot be opened as SQLite ({exc}); fix the path or move the "
@@ -114,6 +117,7 @@ class StoreProcess:
 
     async def close(self) -> None:
         """Close the file and let the child exit (killed if it does not within 5 s)."""
+        self._opened = False
         transport, pipe, self._transport, self._pipe = self._transport, self._pipe, None, None
         if transport is None or pipe is None:
             return
@@ -137,21 +141,30 @@ class StoreProcess:
         self._transport, self._pipe = await loop.subprocess_exec(
             _Pipe, sys.executable, "-I", "-S", str(_SCRIPT), str(self.path), self.synchronous, stderr=None)
         _widen(self._transport)
-        self._starts += 1
-        if self._starts > 1:
-            log.warning("outbox store process restarted", path=str(self.path), starts=self._starts)
-        self.top, self.rows, self.bytes = await self._send(self._transport, self._pipe, ("open",))
+        try:
+            self.top, self.rows, self.bytes = await self._send(self._transport, self._pipe, ("open",))
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):  # a child that could not open the file is of no use
+                self._transport.kill()
+            self._transport.close()  # the next call starts anew
+            self._transport = self._pipe = None
+            raise
 
     async def _call(self, request: tuple[Any, ...]) -> Any:
-        if self._transport is None or self._pipe is None or self._pipe.exited:
-            if self._transport is not None:
-                code = self._transport.get_returncode()
-                log.error("outbox store process died; starting a new one", path=str(self.path), returncode=code)
-                self._transport.close()
-            await self._start()
-        assert self._transport is not None
-        assert self._pipe is not None
-        return await self._send(self._transport, self._pipe, request)
+        async with self._restarting:
+            if not self._opened:
+                raise OSError(f"outbox store {self.path} is closed")
+            if self._transport is None or self._pipe is None or self._pipe.exited:
+                if self._transport is not None:
+                    log.error("outbox store process died; starting a new one", path=str(self.path),
+                              returncode=self._transport.get_returncode(), restarts=self.restarts + 1)
+                    self._transport.close()
+                self.restarts += 1
+                await self._start()
+            transport, pipe = self._transport, self._pipe
+        assert transport is not None
+        assert pipe is not None
+        return await self._send(transport, pipe, request)
 
     @staticmethod
     async def _send(transport: asyncio.SubprocessTransport, pipe: _Pipe, request: tuple[Any, ...]) -> Any:
