@@ -73,7 +73,7 @@ class Settings:
     reports: int  # OpenADR round trips (for the OpenADR section)
 
 
-FULL = Settings(rounds=5, messages=20_000, replay=20_000, reports=50)
+FULL = Settings(rounds=9, messages=20_000, replay=20_000, reports=50)
 QUICK = Settings(rounds=3, messages=5_000, replay=5_000, reports=10)
 
 
