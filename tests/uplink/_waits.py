@@ -19,8 +19,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.
         await asyncio.sleep(0.01)
 
 
-def store_pids(path: Path) -> list[int]:
-    """The live (not zombie) processes serving the outbox file ``path``."""
+def store_pids(path: Path | None = None) -> list[int]:
+    """The live (not zombie) processes serving the outbox file ``path`` (any outbox file: None)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -30,6 +30,7 @@ def store_pids(path: Path) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if any(a.endswith(b"_outbox_store.py") for a in argv) and os.fsencode(path) in argv and state != "Z":
+        mine = path is None or os.fsencode(path) in argv
+        if any(a.endswith(b"_outbox_store.py") for a in argv) and mine and state != "Z":
             pids.append(int(proc.name))
     return pids
