@@ -186,12 +186,13 @@ class StoreProcess:
 
 
 def _widen(transport: asyncio.SubprocessTransport) -> None:
-    """Make the request pipe as large as the system allows: a transaction's rows go in one write instead of
-    trickling through 64 KiB, one event-loop turn per piece."""
-    stdin = transport.get_pipe_transport(0)
-    pipe = stdin.get_extra_info("pipe") if stdin is not None else None
-    if pipe is None:
-        return
+    """Make both pipes as large as the system allows (1 MiB by default on Linux): a transaction's rows, or a page
+    of a backlog, go in one write instead of trickling through 64 KiB, one event-loop turn per piece (measured:
+    a commit's round trip 48 ms -> 15 ms while publishing flat out)."""
     with contextlib.suppress(OSError, ValueError):
-        size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, min(size, _PIPE_BYTES))
+        size = min(int(Path("/proc/sys/fs/pipe-max-size").read_text()), _PIPE_BYTES)
+        for fd in (0, 1):
+            end = transport.get_pipe_transport(fd)
+            pipe = end.get_extra_info("pipe") if end is not None else None
+            if pipe is not None:
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)

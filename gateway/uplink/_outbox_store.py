@@ -15,7 +15,8 @@ package on the same interpreter). One request at a time, answered in order:
 * ``("page", after, limit)`` -> ``[(id, kind, payload), ...]``
 * ``("close",)`` -> ``None``, and the process exits
 
-An answer is ``(0, value)``, or ``(1, "sqlite" | "os" | "outbox", message)`` for a failure. The process ignores
+An answer is ``(0, value)``, or ``(1, "sqlite" | "outbox" | "os", message)`` for a failure ("os" for any other
+error, a bug included: the transaction rolled back and the process stays up). The process ignores
 SIGINT and SIGTERM (a Ctrl-C or a service stop reaches the whole process group: the parent closes the store in
 order) and exits when its stdin closes, so it never outlives the outbox by more than its current transaction.
 
@@ -236,15 +237,19 @@ def serve(path: Path, synchronous: str, inp: BinaryIO, out: BinaryIO) -> None:
     store = Store(path, synchronous)
     try:
         while len(head := inp.read(4)) == 4:
-            request = marshal.loads(inp.read(int.from_bytes(head, "little")))  # noqa: S302 (from our parent)
+            size = int.from_bytes(head, "little")
+            body = inp.read(size)
+            if len(body) < size:
+                return  # the parent died while writing: nothing of this request was done
+            request = marshal.loads(body)  # noqa: S302 (from our parent)
             try:
                 answer: tuple[Any, ...] = (0, _answer(store, request))
             except sqlite3.Error as exc:
                 answer = (1, "sqlite", str(exc))
-            except OSError as exc:
-                answer = (1, "os", str(exc))
             except NotAnOutbox as exc:
                 answer = (1, "outbox", str(exc))
+            except Exception as exc:  # OSError, or a bug: the transaction rolled back; the store stays up
+                answer = (1, "os", f"{type(exc).__name__}: {exc}")
             out.write(frame(answer))
             out.flush()
             if request == ("close",):

@@ -5,16 +5,21 @@ uplink keeps up, messages go to the broker from memory, never read back from dis
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from gateway.errors import UplinkUnavailable
+from gateway.uplink import _outbox_store
 from gateway.uplink._mqtt import MqttUplink
 from gateway.uplink._outbox import MessageKind, Outbox
+from gateway.uplink._outbox_store import KINDS, frame
 from tests.uplink._broker import Broker
 from tests.uplink._headend import HeadEnd
 from tests.uplink._waits import store_pids
@@ -109,3 +114,46 @@ async def test_a_store_process_that_dies_is_started_again_and_nothing_accepted_i
     assert any(e["event"] == "outbox store process died; starting a new one" for e in logs)
     if refused:
         assert any(e["event"] == "outbox: messages not accepted" for e in logs)
+
+
+def _store(path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-I", "-S", _outbox_store.__file__, str(path), "FULL"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _ask(proc: subprocess.Popen[bytes], request: tuple[object, ...]) -> object:
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(frame(request))
+    proc.stdin.flush()
+    size = int.from_bytes(proc.stdout.read(4), "little")
+    return marshal.loads(proc.stdout.read(size))
+
+
+def test_the_store_answers_a_request_it_cannot_serve_with_an_error_and_stays_up(tmp_path: Path) -> None:
+    proc = _store(tmp_path / "outbox.sqlite")
+    try:
+        assert _ask(proc, ("open",)) == (0, (0, dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)))
+        code, kind, message = _ask(proc, ("frobnicate", 1))  # type: ignore[misc]
+        assert (code, kind) == (1, "os")
+        assert "unknown request" in message
+        # a commit that breaks half-way (an unknown kind) rolls back whole: the row before it is not stored
+        code, kind, message = _ask(proc, ("commit", [(1, "telemetry", b"a"), (2, "bogus", b"b")], [], [], [], 10,
+                                          10_000))  # type: ignore[misc]
+        assert (code, kind) == (1, "os")
+        assert _ask(proc, ("page", 0, 10)) == (0, [])
+        code, (dropped, rows, _bytes) = _ask(proc, ("commit", [(1, "telemetry", b"a")], [], [], [], 10,
+                                                    10_000))  # type: ignore[misc]
+        assert (code, dropped, rows["telemetry"]) == (0, [], 1)
+        assert _ask(proc, ("close",)) == (0, None)
+        assert proc.wait(5) == 0
+    finally:
+        proc.kill()
+
+
+def test_the_store_exits_quietly_when_its_parent_dies_half_way_through_a_request(tmp_path: Path) -> None:
+    proc = _store(tmp_path / "outbox.sqlite")
+    assert proc.stdin is not None
+    proc.stdin.write(frame(("open",))[:6])  # the parent dies while writing
+    proc.stdin.close()
+    assert proc.wait(5) == 0
