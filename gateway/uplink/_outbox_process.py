@@ -57,13 +57,19 @@ class _Pipe(asyncio.SubprocessProtocol):
                 if not future.done():
                     future.set_result(answer)
 
-    def process_exited(self) -> None:
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd != 1:
+            return
+        # Its stdout closed: every answer it wrote was delivered above (data comes before the loss), none will come.
         self.exited = True
-        self.gone.set()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(OSError("the outbox store process exited before answering"))
+
+    def process_exited(self) -> None:
+        self.exited = True
+        self.gone.set()
 
 
 class StoreProcess:
