@@ -432,6 +432,7 @@ class DispatchConfig(_Section):
         [dispatch]
         authority_rank = ["grid-operator", "aggregator", "local"]   # highest first; each once
         reversion_s = 300            # longest reversion timer written with a setpoint
+        cap_deadband_pct = 2.0       # a tighter cap is written at once; a looser one when it loosens by more
         audit_log = "/var/lib/gridedge/audit.jsonl"
 
         [dispatch.customer_limits]   # per DER (every inverter and battery): no command exceeds these
@@ -451,6 +452,7 @@ class DispatchConfig(_Section):
     customer_limits: dict[str, PowerLimits] = Field(default_factory=dict)
     default_envelope: DefaultEnvelopeConfig
     reversion_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    cap_deadband_pct: Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)] = 2.0
     audit_log: Annotated[str, AfterValidator(_path_text)]
     audit_recover_torn_tail: bool = False
 

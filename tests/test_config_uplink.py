@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import parse_config
+from gateway.dispatch import DispatchPolicy
 from gateway.types import Authority
 from tests._config_helpers import SRC, refused
 
@@ -130,6 +131,9 @@ def test_mqtt_alone_needs_no_dispatch_but_needs_signing() -> None:
     (("telemetry_interval_s = 5", "telemetry_interval_s = 5\ncommand_clock_skew_s = 400"),
      "uplink.command_clock_skew_s: 400 s is not below command_replay_window_s (300 s)"),
     (("telemetry_interval_s = 5", "telemetry_interval_s = 5\nbroker = 1"), "uplink.broker: unknown key"),
+    (("[dispatch]\n", "[dispatch]\ncap_deadband_pct = 25\n"),
+     "dispatch.cap_deadband_pct: 25 is too large — use 20 or less"),
+    (("[dispatch]\n", "[dispatch]\ncap_deadband_pct = nan\n"), "dispatch.cap_deadband_pct: nan is not a finite"),
 ])
 def test_mistakes_name_the_key_and_the_fix(edit: tuple[str, str], expected: str | None) -> None:
     old, new = edit
@@ -161,3 +165,13 @@ def test_openadr_report_periods_in_order() -> None:
                                               'report_max_period_s = 30\nsimple_levels = {')
     assert refused(text) == ["uplink.openadr.report_min_period_s: report_min_period_s (60) is above "
                              "report_max_period_s (30) — make min <= max"]
+
+
+def test_the_cap_deadband_reaches_dispatch() -> None:
+    config = parse_config(BASE + DISPATCH.replace("[dispatch]\n", "[dispatch]\ncap_deadband_pct = 0.5\n"), SRC)
+    assert config.dispatch is not None
+    assert DispatchPolicy.from_config(config.dispatch).cap_deadband_pct == 0.5
+    default = parse_config(BASE + DISPATCH, SRC).dispatch
+    assert default is not None
+    assert DispatchPolicy.from_config(default).cap_deadband_pct == 2.0
+

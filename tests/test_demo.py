@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,14 +16,13 @@ from tests.uplink._waits import store_pids
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_and_prints_a_certified_envelope_with_its_certificate() -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    stores_before = set(store_pids())
+def test_demo_runs_and_prints_a_certified_envelope_with_its_certificate(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # its scratch directory: under tmp_path
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--duration", "15"], capture_output=True,
                           text=True, timeout=120, check=False, env=env, cwd="/")  # cwd: nothing read from the tree
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(store_pids()) <= stores_before, "the demo's outbox store process outlived it"
+    assert not store_pids(tmp_path), "the demo's outbox store process outlived it"
     assert re.search(r"envelope #\d+ certified in \d+ ms: inverter-1, inverter-2, inverter-3 each: export <= "
                      r"[\d,]+ W", out), out
     certificate = re.search(r"certificate: worst V (\d\.\d+) / (\d\.\d+) pu, max loading \d+ %, margin 0\.002 pu, "

@@ -11,8 +11,10 @@ DER that writes what dispatch wants and re-writes it before the device's reversi
 * when a setpoint ends on a 704 device its ``WSet`` is released; on 123/124 the cap overwrites it.
 
 A write happens when what dispatch wants changed (:func:`~gateway.dispatch.setpoint_differs`,
-:func:`~gateway.dispatch.cap_differs`) or as a **refresh**, once half the reversion timer programmed with the
-last write has passed (audited with ``refresh``): a new envelope that leaves the clamp where it was writes nothing.
+:func:`~gateway.dispatch.cap_differs`: a tighter cap at once, a looser one only beyond ``[dispatch]
+cap_deadband_pct`` of the cap held) or as a **refresh** of what is held, once half the reversion timer programmed
+with the last write has passed (audited with ``refresh``): a new envelope that leaves the clamp where it was, or
+loosens it by less than the deadband, writes nothing.
 Every write also programs what the device reverts to when its timer runs out, where the device holds such a value
 (704): the DER's cap under the default envelope (:func:`~gateway.dispatch.default_cap`), so a dead gateway leaves
 it at the default envelope (fail-safe layer 2). 123/124 timers revert to the device's own default.
@@ -214,9 +216,10 @@ class Control:
             der.setpoint = None
         if in_force is None:
             return
-        cap = cap_for(der_id, in_force, self.policy)
-        fresh = cap_differs(der.cap, cap)
+        want = cap_for(der_id, in_force, self.policy)
+        fresh = cap_differs(der.cap, want, self.policy.cap_deadband_pct)
         if fresh or _due(der.cap_at, der.cap_ends, now):
+            cap = want if fresh or der.cap is None else der.cap  # a refresh renews what is held
             written = await apply_cap(cap, controls, self.audit, reversion_s=reversion, fallback_w=fallback_w,
                                       refresh=not fresh)
             der.cap, der.cap_at = cap, time.time()

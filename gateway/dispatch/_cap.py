@@ -26,7 +26,6 @@ return the DER to the device's own default (for 123 typically no limit at all), 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,8 @@ from gateway.dispatch._failsafe import InForce, envelope_in_force
 from gateway.dispatch._policy import DispatchPolicy
 from gateway.errors import UnsupportedControl, WriteVerificationError
 from gateway.sunspec import SunSpecControls
+
+_TOL_W = 1e-6  # closer than this is the same limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,12 @@ async def apply_cap(cap: Cap, controls: SunSpecControls, audit: AuditLog, *, rev
                       reversion_pct)
 
 
-def cap_differs(old: Cap | None, new: Cap) -> bool:
-    """Whether ``new`` must be written over ``old`` (another value; the bindings alone change nothing)."""
-    return old is None or not (math.isclose(old.export_w, new.export_w, abs_tol=1e-6)
-                               and math.isclose(old.import_w, new.import_w, abs_tol=1e-6))
+def cap_differs(old: Cap | None, new: Cap, deadband_pct: float = 0.0) -> bool:
+    """Whether ``new`` must be written over ``old``, the cap the device holds. A tighter limit always: the new
+    envelope is the bound. A looser one only when it loosens a limit by more than ``deadband_pct`` % of what is held:
+    a device held a little tighter than allowed is inside the envelope, and an envelope that jitters from cycle to
+    cycle then costs no write (settings some devices keep in flash). The bindings alone change nothing."""
+    if old is None:
+        return True
+    return any(want < held - _TOL_W or want - held > max(_TOL_W, held * deadband_pct / 100)
+               for held, want in ((old.export_w, new.export_w), (old.import_w, new.import_w)))

@@ -24,6 +24,7 @@ class DispatchPolicy:
     customer_limits: Mapping[str, DerLimit]
     default_limits: Mapping[str, DerLimit]
     reversion_s: int = 300  # the longest reversion timer written with a setpoint
+    cap_deadband_pct: float = 2.0  # a looser cap is written when it loosens the one held by more (cap_differs)
     default_issuer: str = "config-default"
     _rank: Mapping[Authority, int] = field(init=False, repr=False, compare=False)
 
@@ -42,6 +43,8 @@ class DispatchPolicy:
             raise ValueError(f"no default envelope limits for {missing}")
         if self.reversion_s < 1:
             raise ValueError(f"reversion_s {self.reversion_s} must be at least 1 s")
+        if not (math.isfinite(self.cap_deadband_pct) and 0 <= self.cap_deadband_pct <= 20):
+            raise ValueError(f"cap_deadband_pct {self.cap_deadband_pct!r} must be within 0..20 %")
         object.__setattr__(self, "customer_limits", MappingProxyType(dict(self.customer_limits)))
         object.__setattr__(self, "default_limits", MappingProxyType(dict(self.default_limits)))
         object.__setattr__(self, "_rank", MappingProxyType({a: i for i, a in enumerate(self.ranking)}))
@@ -53,7 +56,7 @@ class DispatchPolicy:
         for der in customer:
             lim = config.default_envelope.limits_for(der)
             default[der] = DerLimit(der, lim.export_w, lim.import_w)
-        return cls(tuple(config.authority_rank), customer, default, config.reversion_s)
+        return cls(tuple(config.authority_rank), customer, default, config.reversion_s, config.cap_deadband_pct)
 
     def ranked(self, authority: Authority) -> bool:
         return authority in self._rank

@@ -18,7 +18,7 @@ import pytest
 from gateway.audit import AuditLog, verify_log
 from gateway.daemon._control import Control
 from gateway.devices import SunSpecDevice, TcpEndpoint, UnitIO
-from gateway.dispatch import Dispatcher, setpoint_differs
+from gateway.dispatch import Cap, Dispatcher, cap_differs, setpoint_differs
 from gateway.sim import simulated_fleet
 from gateway.sunspec import SunSpecReader, discover
 from gateway.types import Setpoint
@@ -42,6 +42,31 @@ SP = Setpoint("inv-1", 4000.0, 4800.0, "envelope-export", "c1", GO, valid_until=
 ])
 def test_what_needs_writing(old: Setpoint | None, new: Setpoint | None, differs: bool) -> None:
     assert setpoint_differs(old, new) is differs
+
+
+HELD = Cap("inv-1", 4000.0, 1000.0, "envelope", "envelope")
+
+
+@pytest.mark.parametrize(("new", "deadband_pct", "differs"), [
+    (replace(HELD, export_binding="default-envelope"), 2.0, False),  # the same W, bound anew
+    (replace(HELD, export_w=3999.9), 2.0, True),  # tighter: at once, however little
+    (replace(HELD, import_w=999.9), 2.0, True),
+    (replace(HELD, export_w=4079.0), 2.0, False),  # looser by 1.98 %: the device held a little tighter is inside
+    (replace(HELD, export_w=4081.0), 2.0, True),  # looser by 2.03 %
+    (replace(HELD, import_w=1019.0), 2.0, False),
+    (replace(HELD, import_w=1021.0), 2.0, True),
+    (replace(HELD, export_w=4079.0, import_w=999.0), 2.0, True),  # one limit tighter: written (both)
+    (replace(HELD, export_w=4000.5), 0.0, True),  # no deadband: every change
+    (replace(HELD, export_w=4000.0 + 1e-9), 0.0, False),  # float noise is not a value
+])
+def test_what_cap_needs_writing(new: Cap, deadband_pct: float, differs: bool) -> None:
+    assert cap_differs(HELD, new, deadband_pct) is differs
+    assert cap_differs(None, new, deadband_pct)
+
+
+def test_a_cap_held_at_zero_is_loosened_by_any_amount() -> None:
+    blocked = replace(HELD, export_w=0.0)
+    assert cap_differs(blocked, replace(blocked, export_w=1.0), 20.0)
 
 
 # --- the dispatcher --------------------------------------------------------------------------------------------------
@@ -176,3 +201,42 @@ async def test_renewals_write_nothing_until_the_refresh_and_a_changed_clamp_writ
     else:
         assert (held["WMaxLimPct"], held["WMaxLim_Ena"]) == (pytest.approx(60.0), 1)
     assert verify_log(log_path).ok
+
+
+async def test_a_cap_is_tightened_at_once_loosened_past_the_deadband_and_refreshed_as_held(
+        rig: tuple[Control, Any, str], log_path: Path) -> None:
+    """No command: the DER gets its cap. An envelope that jitters looser by less than the deadband (2 %) writes
+    nothing and leaves the device at the tighter cap it holds; a tighter one is written at once; the refresh renews
+    what the device holds."""
+    control, endpoint, kind = rig
+    model = 704 if kind == "inverter-7xx" else 123
+    now = time.time()
+
+    async def envelope_then_cycle(export_w: float, seq: int) -> list[dict[str, Any]]:
+        before = len(_writes(log_path))
+        at = now + seq
+        await control.set_envelope(_renewed({"inv-1": (export_w, 0)}, seq, at, since=now - 1), at)
+        await control.cycle({}, at)
+        return _writes(log_path)[before:]
+
+    (first,) = await envelope_then_cycle(4000, 1)
+    assert (first["action"], first["export_w"], first["refresh"]) == ("cap", 4000, False)
+    assert await envelope_then_cycle(4060, 2) == []  # 1.5 % looser
+    assert await envelope_then_cycle(4050, 3) == []
+    assert control.written("inv-1")[1].export_w == 4000  # type: ignore[union-attr]
+    held = await _points(endpoint.host, endpoint.port, endpoint.unit, model)
+    assert held["WMaxLimPct"] == pytest.approx(80.0)  # 4000 W of 5000
+    (tighter,) = await envelope_then_cycle(3990, 4)  # 0.25 % tighter: at once
+    assert (tighter["export_w"], tighter["refresh"]) == (3990, False)
+    (looser,) = await envelope_then_cycle(4100, 5)  # 2.8 % looser than held
+    assert looser["export_w"] == 4100
+    assert await envelope_then_cycle(4150, 6) == []  # 1.2 % looser than held
+
+    # The refresh renews the cap held (4100 W), not the envelope's 4150 W.
+    due = looser["ts"] + looser["reversion_s"] / 2
+    before = len(_writes(log_path))
+    await control.cycle({}, due + 0.1)
+    (refresh,) = _writes(log_path)[before:]
+    assert (refresh["action"], refresh["export_w"], refresh["refresh"]) == ("cap", 4100, True)
+    assert verify_log(log_path).ok
+

@@ -20,7 +20,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.
 
 
 def store_pids(path: Path | None = None) -> list[int]:
-    """The live (not zombie) processes serving the outbox file ``path`` (any outbox file: None)."""
+    """The live (not zombie) processes serving the outbox file ``path``, or any outbox file under it when it is a
+    directory, or any outbox file at all (None)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -30,7 +31,7 @@ def store_pids(path: Path | None = None) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        mine = path is None or os.fsencode(path) in argv
+        mine = path is None or any(a == os.fsencode(path) or a.startswith(os.fsencode(path) + b"/") for a in argv)
         if any(a.endswith(b"_outbox_store.py") for a in argv) and mine and state != "Z":
             pids.append(int(proc.name))
     return pids
