@@ -4,7 +4,8 @@
 If the child dies (killed, out of memory), every request in flight fails with :class:`OSError` (its transaction
 rolled back: nothing in it was accepted) and the next request starts a new child, which opens the file again first.
 A failure the child reports comes back as the exception it was there: :class:`sqlite3.Error` or :class:`OSError`;
-a file that is not an outbox of this version is a :class:`~gateway.errors.ConfigError`.
+a file that is not an outbox of this version, or that another process has open as its outbox, is a
+:class:`~gateway.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ class StoreProcess:
         try:
             await self._start()
             self._opened = True
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             await self.close()
-            raise ConfigError(f"outbox {self.path}: cannot be opened as SQLite ({exc}); fix the path or move the "
-                              f"file aside") from exc
+            raise ConfigError(f"outbox {self.path}: cannot be opened as SQLite ({exc}); fix the path, its "
+                              f"permissions, or move the file aside") from exc
         except BaseException:
             await self.close()
             raise

@@ -26,7 +26,9 @@ Imports the standard library only: it starts in ~20 ms without site-packages.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import marshal
+import os
 import signal
 import sqlite3
 import sys
@@ -49,13 +51,15 @@ _INSERT_SQL = {n: "INSERT INTO outbox (id, kind, payload, created) VALUES "  # n
                for n in _INSERT_CHUNKS}
 _PAGE_SIZE = 16384  # fewer pages per ~1-2 KB signed message: ~15 % less CPU per stored row than 4096
 _BUSY_TIMEOUT_S = 10.0  # a previous store process may still be finishing its last transaction
+_OWNER_WAIT_S = 5.0  # the same, for the file's owner lock
 
 Row = tuple[int, str, bytes]  # id, kind, payload
 Dropped = tuple[int, str, int]  # id, kind, payload size
 
 
-class NotAnOutbox(Exception):
-    """The database holds rows this version cannot have written."""
+class Unusable(Exception):
+    """The file cannot serve as this outbox: another process has it, or it holds rows this version cannot have
+    written."""
 
 
 class Store:
@@ -65,12 +69,14 @@ class Store:
         self.path = path
         self.synchronous = synchronous
         self.db: sqlite3.Connection | None = None
+        self._owner: int | None = None  # a descriptor holding flock(LOCK_EX) on the file while open
         self.rows = dict.fromkeys(KINDS, 0)
         self.bytes = dict.fromkeys(KINDS, 0)
         self._chunks: tuple[int, ...] = _INSERT_CHUNKS
 
     def open(self) -> int:
         """Open (creating) the database; return the highest id it holds (0 when empty)."""
+        self._own()
         db = self.db = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S,
                                        cached_statements=len(_INSERT_CHUNKS) + 16)
         params = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -89,6 +95,29 @@ class Store:
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self._owner is not None:
+            os.close(self._owner)  # and the lock with it
+            self._owner = None
+
+    def _own(self) -> None:
+        """One outbox per file: two would hand out the same ids and send each other's messages. Waits a little for
+        the store of a process that was just killed (it ends once its last transaction is done)."""
+        if self._owner is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + _OWNER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise Unusable(f"outbox {self.path}: in use by another process (another gridedge with the same "
+                               f"state directory?); fix: stop it, or give each gateway its own state_dir") from None
+            self._owner = fd
+            return
 
     @property
     def total_rows(self) -> int:
@@ -205,7 +234,7 @@ class Store:
         for kind, count, total in db.execute("SELECT kind, count(*), total(length(payload)) FROM outbox "
                                              "GROUP BY kind"):
             if kind not in rows:
-                raise NotAnOutbox(f"outbox {self.path}: holds rows of unknown kind {kind!r}; fix: move the file "
+                raise Unusable(f"outbox {self.path}: holds rows of unknown kind {kind!r}; fix: move the file "
                                   f"aside (it is not a gridedge outbox of this version)")
             rows[kind], size[kind] = int(count), int(total)
         self.rows, self.bytes = rows, size
@@ -246,7 +275,7 @@ def serve(path: Path, synchronous: str, inp: BinaryIO, out: BinaryIO) -> None:
                 answer: tuple[Any, ...] = (0, _answer(store, request))
             except sqlite3.Error as exc:
                 answer = (1, "sqlite", str(exc))
-            except NotAnOutbox as exc:
+            except Unusable as exc:
                 answer = (1, "outbox", str(exc))
             except Exception as exc:  # OSError, or a bug: the transaction rolled back; the store stays up
                 answer = (1, "os", f"{type(exc).__name__}: {exc}")

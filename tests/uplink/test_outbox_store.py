@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
-from gateway.errors import UplinkUnavailable
+from gateway.errors import ConfigError, UplinkUnavailable
 from gateway.uplink import _outbox_store
 from gateway.uplink._mqtt import MqttUplink
 from gateway.uplink._outbox import MessageKind, Outbox
@@ -157,3 +158,17 @@ def test_the_store_exits_quietly_when_its_parent_dies_half_way_through_a_request
     proc.stdin.write(frame(("open",))[:6])  # the parent dies while writing
     proc.stdin.close()
     assert proc.wait(5) == 0
+
+
+async def test_one_outbox_per_file_a_second_is_a_config_error(mosquitto: Broker, tmp_path: Path) -> None:
+    """Two gateways given the same state directory would hand out the same ids and send each other's messages."""
+    path = tmp_path / "outbox.sqlite"
+    mosquitto.stop()
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as first:
+        await first.put(T, b"mine")
+        with pytest.raises(ConfigError, match="in use by another process"):
+            await Outbox(path, uplink).open()
+        assert len(store_pids(path)) == 1  # the refused one did not stay
+        await first.put(T, b"still mine")
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as second:  # free again
+        assert second.stats.stored_rows == 2
