@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -59,6 +58,8 @@ log = structlog.get_logger("gateway.uplink.outbox")
 _CONNECTION_LOST = -1  # what Transport.publish's on_ack receives when the connection dropped first
 _ID, _KIND, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)
 _DROP_LOG_EVERY_S = 10.0
+_FAILURES_KEPT = 64  # failed id ranges remembered for durable()
+_RETRY_S = 0.5  # after a failed transaction or page read
 
 
 class MessageKind(StrEnum):
@@ -147,6 +148,7 @@ class Outbox:
         self._pending: deque[_Row] = deque()
         self._durable_upto = 0  # every id up to this one is committed (or failed: see _failed)
         self._failed: list[tuple[int, int]] = []  # id ranges whose transaction failed: never accepted
+        self._failed_horizon = 0  # ids up to here may have failed in ranges no longer kept: durable() says so
         self._acked: list[_Row] = []  # acknowledged (or refused), to delete in the next transaction
         self._deleting: set[int] = set()  # in the transaction being committed now
         self._wake_writer = asyncio.Event()
@@ -179,6 +181,8 @@ class Outbox:
         """Open the database (replaying whatever a previous run left) and start the writer and the sender."""
         if self._tasks:
             return
+        if self._closing:
+            raise RuntimeError(f"outbox {self.path} was closed: an Outbox opens once, make a new one")
         await self._store.open()
         self._loop = asyncio.get_running_loop()
         top = self._store.top
@@ -191,6 +195,7 @@ class Outbox:
         self._transport.add_listener(self._on_connection)
         self._tasks = [asyncio.create_task(self._write_loop(), name="outbox writer"),
                        asyncio.create_task(self._send_loop(), name="outbox sender")]
+        self._tasks[0].add_done_callback(lambda _: self._notify_committed())  # durable() must not wait on it
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop sending, commit what is pending (accepted messages, acknowledgements), close the database."""
@@ -254,12 +259,15 @@ class Outbox:
         """Until message ``row_id`` (and every one put before it) is stored durably: accepted. Raises
         :class:`UplinkUnavailable` if its transaction failed (disk full, I/O error) or the outbox closed first."""
         while self._durable_upto < row_id:
-            if self._loop is None and not self._tasks:
+            if not self._tasks or self._tasks[0].done():
                 break
             await self._committed.wait()
         for first, last in self._failed:
             if first <= row_id <= last:
                 raise UplinkUnavailable(f"outbox {self.path}: message {row_id} was not stored")
+        if 0 < row_id <= self._failed_horizon:
+            raise UplinkUnavailable(f"outbox {self.path}: message {row_id} is older than the {_FAILURES_KEPT} "
+                                    f"failed transactions remembered; count it as not stored")
         if self._durable_upto < row_id:
             raise UplinkUnavailable(f"outbox {self.path} closed before message {row_id} was stored")
 
@@ -292,7 +300,7 @@ class Outbox:
                                                    list(map(_ID, acked)),
                                                    list(map(_KIND, acked)), list(map(len, map(_PAYLOAD, acked))),
                                                    self.max_rows, self.max_bytes)
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # sqlite3.Error, OSError (the store died, the disk): never the writer's end
                 self._deleting.difference_update(map(_ID, acked))
                 self._acked.extend(acked)  # deleted with a later transaction
                 self.stats.write_errors += 1
@@ -301,7 +309,7 @@ class Outbox:
                     self._tail_live = False  # a store process that died after committing them: read the disk
                 self._notify_committed()
                 if not self._closing:
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(_RETRY_S)
                 continue
             self._deleting.difference_update(map(_ID, acked))
             self.stats.commits += 1
@@ -327,8 +335,13 @@ class Outbox:
     def _fail(self, rows: list[_Row], why: str) -> None:
         log.error("outbox: messages not accepted", path=str(self.path), why=why, messages=len(rows),
                   first_id=rows[0].id)
-        self._failed.append((rows[0].id, rows[-1].id))
-        del self._failed[:-64]  # callers look right away; keep only the recent ones
+        first, last = rows[0].id, rows[-1].id
+        if self._failed and self._failed[-1][1] + 1 == first:
+            first = self._failed.pop()[0]  # one failure episode, one range
+        self._failed.append((first, last))
+        if len(self._failed) > _FAILURES_KEPT:  # callers look right away: keep the recent ones, and say so of older
+            self._failed_horizon = self._failed[-_FAILURES_KEPT - 1][1]
+            del self._failed[:-_FAILURES_KEPT]
         self._durable_upto = rows[-1].id  # nothing before it is still in doubt
 
     def _refresh_totals(self) -> None:
@@ -389,8 +402,13 @@ class Outbox:
                 if self._tail_live:
                     self._wake_sender.clear()
                     await self._wake_sender.wait()
-                else:
+                    continue
+                try:
                     await self._page()
+                except Exception as exc:  # the store died or the disk failed: read the backlog again shortly
+                    log.warning("outbox: reading the backlog failed; retrying", path=str(self.path), error=str(exc),
+                                retry_in_s=_RETRY_S)
+                    await asyncio.sleep(_RETRY_S)
                 continue
             sendq, inflight, horizon, on_ack = self._sendq, self._inflight, self._horizon, self._on_ack
             sent = historical = 0

@@ -161,13 +161,17 @@ class StoreProcess:
         async with self._restarting:
             if not self._opened:
                 raise OSError(f"outbox store {self.path} is closed")
-            if self._transport is None or self._pipe is None or self._pipe.exited:
+            stdin = self._transport.get_pipe_transport(0) if self._transport is not None else None
+            if self._pipe is None or self._pipe.exited or stdin is None or stdin.is_closing():
                 if self._transport is not None:
                     log.error("outbox store process died; starting a new one", path=str(self.path),
                               returncode=self._transport.get_returncode(), restarts=self.restarts + 1)
-                    self._transport.close()
+                    self._transport.close()  # kills it if it is not quite dead
                 self.restarts += 1
-                await self._start()
+                try:
+                    await self._start()
+                except ConfigError as exc:  # e.g. another process took the file meanwhile: this request fails
+                    raise OSError(str(exc)) from exc
             transport, pipe = self._transport, self._pipe
         assert transport is not None
         assert pipe is not None
@@ -178,9 +182,10 @@ class StoreProcess:
         stdin = transport.get_pipe_transport(0)
         if stdin is None or stdin.is_closing() or pipe.exited:
             raise OSError("the outbox store process is not running")
+        data = frame(request)  # first: a request that cannot be framed must not leave a future waiting
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pipe.waiting.append(future)
-        stdin.write(frame(request))  # type: ignore[attr-defined]
+        stdin.write(data)  # type: ignore[attr-defined]
         answer = await future
         if answer[0] == 0:
             return answer[1]

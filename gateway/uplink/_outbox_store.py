@@ -279,8 +279,12 @@ def serve(path: Path, synchronous: str, inp: BinaryIO, out: BinaryIO) -> None:
                 answer = (1, "outbox", str(exc))
             except Exception as exc:  # OSError, or a bug: the transaction rolled back; the store stays up
                 answer = (1, "os", f"{type(exc).__name__}: {exc}")
-            out.write(frame(answer))
-            out.flush()
+            try:
+                out.write(frame(answer))
+                out.flush()
+            except BrokenPipeError:  # the parent is gone: its transaction is done, nobody to tell
+                store.close()
+                os._exit(0)  # no interpreter shutdown flushing into the broken pipe again
             if request == ("close",):
                 return
     finally:

@@ -5,6 +5,7 @@ uplink keeps up, messages go to the broker from memory, never read back from dis
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import marshal
 import os
 import signal
@@ -17,14 +18,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.errors import ConfigError, UplinkUnavailable
-from gateway.uplink import _outbox_store
+from gateway.uplink import _outbox, _outbox_store
 from gateway.uplink._mqtt import MqttUplink
 from gateway.uplink._outbox import MessageKind, Outbox
 from gateway.uplink._outbox_store import KINDS, frame
 from tests.uplink._broker import Broker
 from tests.uplink._headend import HeadEnd
-from tests.uplink._waits import store_pids
+from tests.uplink._waits import store_pids, until
 from tests.uplink.conftest import settings_for
+from tests.uplink.test_outbox import stored
 
 T = MessageKind.TELEMETRY
 
@@ -172,3 +174,101 @@ async def test_one_outbox_per_file_a_second_is_a_config_error(mosquitto: Broker,
         await first.put(T, b"still mine")
     async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as second:  # free again
         assert second.stats.stored_rows == 2
+
+
+async def test_a_store_killed_while_the_backlog_replays_loses_nothing_and_stops_nothing(
+        mosquitto: Broker, headend: Callable[..., HeadEnd], tmp_path: Path) -> None:
+    """Small pages, so that the sender is reading the disk when the store is killed, again and again."""
+    path = tmp_path / "outbox.sqlite"
+    payloads = [b"old-%05d" % i for i in range(3000)]
+    mosquitto.stop()
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as outbox:
+        await asyncio.gather(*(outbox.put(T, p) for p in payloads))
+    mosquitto.start()
+    he = headend()
+    await he.wait_subscribed()
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink, page_rows=20) as outbox:
+        await uplink.wait_connected(10)
+        kills = 0
+        while outbox.stats.stored_rows and kills < 10:
+            await asyncio.sleep(0.03)
+            for pid in store_pids(path):
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+        assert kills >= 3
+        await outbox.wait_empty(60)
+    await he.wait_until(lambda: set(payloads) <= set(arrived(he)), what="every message of the backlog")
+    firsts = list(dict.fromkeys(arrived(he)))  # first copies, in arrival order (resends may repeat some)
+    assert firsts == payloads
+
+
+async def test_durable_never_says_stored_of_a_message_that_failed(
+        mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed transactions (a store that cannot come back: its directory moved away) alternating with good ones:
+    once the failure that held a message is no longer remembered, durable() says it cannot tell, never 'stored'."""
+    monkeypatch.setattr(_outbox, "_FAILURES_KEPT", 2)
+    home = tmp_path / "state"
+    home.mkdir()
+    path = home / "outbox.sqlite"
+    mosquitto.stop()
+    failed: list[int] = []
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as outbox:
+        for episode in range(4):
+            await outbox.put(T, b"good-%d" % episode)
+            for pid in store_pids(path):
+                os.kill(pid, signal.SIGKILL)
+            home.rename(tmp_path / "away")
+            row_id = outbox.put_nowait(T, b"lost-%d" % episode)
+            with pytest.raises(UplinkUnavailable):
+                await outbox.durable(row_id)
+            failed.append(row_id)
+            (tmp_path / "away").rename(home)
+        await outbox.put(T, b"good-again")  # the store came back: the outbox goes on
+        for row_id in failed:
+            with pytest.raises(UplinkUnavailable):
+                await outbox.durable(row_id)
+    assert [p for _k, p in stored(path)] == [b"good-0", b"good-1", b"good-2", b"good-3", b"good-again"]
+
+
+async def test_a_restart_that_finds_the_file_taken_fails_its_puts_and_the_outbox_goes_on(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    mosquitto.stop()
+    async with MqttUplink(settings_for(mosquitto)) as uplink, Outbox(path, uplink) as outbox:
+        await outbox.put(T, b"first")
+        for pid in store_pids(path):
+            os.kill(pid, signal.SIGKILL)
+        taker = os.open(path, os.O_RDWR)
+        try:
+            await until(lambda: not store_pids(path), "the killed store is gone")
+            await asyncio.sleep(0.1)  # and the outbox has seen its pipes close: the next request starts a new one
+            fcntl.flock(taker, fcntl.LOCK_EX)  # another process has the file now
+            with pytest.raises(UplinkUnavailable):
+                await outbox.put(T, b"refused")
+        finally:
+            os.close(taker)
+        async with asyncio.timeout(20):  # a writer that died on the refusal would leave this waiting for ever
+            await outbox.put(T, b"then")
+    assert [p for _k, p in stored(path)] == [b"first", b"then"]
+
+
+def test_the_store_exits_quietly_when_its_parent_is_gone_before_the_answer(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-I", "-S", _outbox_store.__file__, str(tmp_path / "o.sqlite"),
+                             "FULL"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdout.close()  # nobody reads the answer
+    proc.stdin.write(frame(("open",)))
+    proc.stdin.close()
+    assert proc.wait(5) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read() == b""  # no traceback in the daemon's journal
+
+
+async def test_an_outbox_opens_once(mosquitto: Broker, tmp_path: Path) -> None:
+    async with MqttUplink(settings_for(mosquitto)) as uplink:
+        outbox = Outbox(tmp_path / "outbox.sqlite", uplink)
+        await outbox.open()
+        await outbox.close()
+        with pytest.raises(RuntimeError, match="make a new one"):
+            await outbox.open()
