@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -155,6 +158,8 @@ class Outbox:
         self._writer_idle = False  # waiting on _wake_writer: only then is setting it needed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._committed = asyncio.Event()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # durable(): a heap by id
+        self._waiter_seq = itertools.count()
         # sender state
         self._sendq: deque[_Row] = deque()
         self._tail_live = False  # True: every committed row after _last_queued is in _sendq (no disk read needed)
@@ -258,10 +263,10 @@ class Outbox:
     async def durable(self, row_id: int) -> None:
         """Until message ``row_id`` (and every one put before it) is stored durably: accepted. Raises
         :class:`UplinkUnavailable` if its transaction failed (disk full, I/O error) or the outbox closed first."""
-        while self._durable_upto < row_id:
-            if not self._tasks or self._tasks[0].done():
-                break
-            await self._committed.wait()
+        if self._durable_upto < row_id and self._tasks and not self._tasks[0].done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (row_id, next(self._waiter_seq), waiter))
+            await waiter  # woken once its id is durable or failed, or the writer ended (not at every commit)
         for first, last in self._failed:
             if first <= row_id <= last:
                 raise UplinkUnavailable(f"outbox {self.path}: message {row_id} was not stored")
@@ -331,6 +336,13 @@ class Outbox:
     def _notify_committed(self) -> None:
         committed, self._committed = self._committed, asyncio.Event()
         committed.set()
+        waiters, upto = self._waiters, self._durable_upto
+        if not self._tasks or self._tasks[0].done():
+            upto = sys.maxsize  # nothing more will be stored: every waiter looks at what happened
+        while waiters and waiters[0][0] <= upto:
+            waiter = heapq.heappop(waiters)[2]
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, rows: list[_Row], why: str) -> None:
         log.error("outbox: messages not accepted", path=str(self.path), why=why, messages=len(rows),
