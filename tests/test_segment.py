@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config, build_config
 from gateway.errors import ConfigError
-from gateway.segment import Segment, StartingPoint, open_feeder
+from gateway.segment import PointUsed, Segment, StartingPoint, open_feeder
 from gateway.twin import Feeder, FlowOptions, PowerFlow
 from gateway.types import DeviceState, Envelope, Measurement
 from tests.twin._estimate_data import Truth, head_bus, true_states
@@ -145,6 +145,14 @@ def with_reading(states: dict[str, DeviceState], device: str, **changes: Any) ->
     fields = {"w": m.w, "var": m.var, "v": m.v} | {k: v for k, v in changes.items() if k != "stale"}
     return states | {device: state(device, m.role, fields["w"], fields["var"], fields["v"],
                                    stale=changes.get("stale", False))}
+
+
+def fallback_reason(used: PointUsed | None, mode: str) -> str:
+    """The reason the envelope's operating point fell back to ``mode`` (failing the test unless it did)."""
+    assert used is not None
+    assert used.mode == mode
+    assert used.reason is not None
+    return used.reason
 
 
 def assert_computed(seg: Segment, envelope: Envelope) -> None:
@@ -351,17 +359,15 @@ def test_a_stale_meter_on_an_unbalanced_feeder_falls_back_to_nominal_and_logs_on
         seg.envelope(good, now=NOW + 120, sequence=3)
         back = seg.last_operating_point
     assert first.certified, first.reason
-    assert used is not None
-    assert used.mode == "nominal"
-    assert used.reason is not None
-    assert "estimate: " in used.reason
-    assert "head_v" in used.reason
-    assert "head-meter: no fresh head meter reading" in used.reason
+    reason = fallback_reason(used, "nominal")
+    assert "estimate: " in reason
+    assert "head_v" in reason
+    assert "head-meter: no fresh head meter reading" in reason
     fallbacks = [e for e in logs if e["event"] == "operating_point_fallback"]
     assert len(fallbacks) == 1
     assert fallbacks[0]["log_level"] == "warning"
     assert fallbacks[0]["operating_point"] == "nominal"
-    assert fallbacks[0]["reason"] == used.reason
+    assert fallbacks[0]["reason"] == reason
     assert back is not None
     assert (back.mode, back.reason) == ("estimate", None)
     assert [e["operating_point"] for e in logs if e["event"] == "operating_point_restored"] == ["estimate"]
@@ -383,10 +389,8 @@ def test_without_der_voltages_or_meter_a_balanced_feeder_is_unobservable_and_sta
     envelope = seg.envelope(states, now=NOW, sequence=2)
     used = seg.last_operating_point
     assert_computed(seg, envelope)
-    assert used is not None
-    assert used.mode == "nominal"
-    assert used.reason is not None
-    assert "not observable: no voltage measurement" in used.reason
+    reason = fallback_reason(used, "nominal")
+    assert "not observable: no voltage measurement" in reason
 
 
 def test_a_der_reading_the_estimator_refuses_falls_back_to_head_meter_scaling(feeders: dict[str, Feeder]) -> None:
@@ -399,11 +403,9 @@ def test_a_der_reading_the_estimator_refuses_falls_back_to_head_meter_scaling(fe
     envelope = seg.envelope(states, now=NOW, sequence=1)
     used = seg.last_operating_point
     assert envelope.certified, envelope.reason
-    assert used is not None
-    assert used.mode == "head-meter"
-    assert used.reason is not None
-    assert used.reason.startswith("estimate: ")
-    assert "voltage must be > 0 pu" in used.reason
+    reason = fallback_reason(used, "head-meter")
+    assert reason.startswith("estimate: ")
+    assert "voltage must be > 0 pu" in reason
     point = seg.starting_point(states)
     scale = seg.load_scale(states)
     assert scale is not None
@@ -427,11 +429,9 @@ def test_without_every_holders_w_the_meter_does_not_scale_and_the_envelope_holds
     assert seg.load_scale(states) is None
     envelope = seg.envelope(states, now=NOW, sequence=1)
     used = seg.last_operating_point
-    assert used is not None
-    assert used.mode == "nominal"
-    assert used.reason is not None
-    assert "not observable: 2 injections have no P/Q reading" in used.reason
-    assert f"head-meter: {site.ders[0][0]} gives no finite W" in used.reason
+    reason = fallback_reason(used, "nominal")
+    assert "not observable: 2 injections have no P/Q reading" in reason
+    assert f"head-meter: {site.ders[0][0]} gives no finite W" in reason
     full = PowerFlow(seg.feeder, FlowOptions(reduce=False))
     limits_ = seg.feeder.limits
     export, import_ = limits(envelope)
@@ -472,10 +472,8 @@ def test_a_meter_reading_inf_is_no_head_meter(feeders: dict[str, Feeder]) -> Non
     states = with_reading(states_of(seg, site, truth_of(seg, site, seed=2), seed=2), METER, w=math.inf)
     envelope = seg.envelope(states, now=NOW, sequence=1)
     used = seg.last_operating_point
-    assert used is not None
-    assert used.mode == "nominal"
-    assert used.reason is not None
-    assert "the head meter reads inf W" in used.reason
+    reason = fallback_reason(used, "nominal")
+    assert "the head meter reads inf W" in reason
     assert_computed(seg, envelope)
 
 
@@ -505,11 +503,9 @@ def test_a_feeder_the_estimator_cannot_see_falls_back_from_the_first_cycle(feede
     envelope = seg.envelope(states, now=NOW, sequence=1)
     used = seg.last_operating_point
     assert_computed(seg, envelope)
-    assert used is not None
-    assert used.mode == "head-meter"
-    assert used.reason is not None
-    assert "the feeder cannot be estimated" in used.reason
-    assert "upstream of the head meter" in used.reason
+    reason = fallback_reason(used, "head-meter")
+    assert "the feeder cannot be estimated" in reason
+    assert "upstream of the head meter" in reason
 
 
 def test_a_stale_envelope_holder_still_gives_the_default_without_an_operating_point(

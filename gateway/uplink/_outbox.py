@@ -52,6 +52,7 @@ from typing import Literal, NamedTuple, Protocol, Self
 import structlog
 
 from gateway.errors import ConfigError, UplinkUnavailable
+from gateway.uplink import _outbox_store
 from gateway.uplink._outbox_process import StoreProcess
 
 __all__ = ["DROP_ORDER", "MessageKind", "Outbox", "OutboxStats", "Transport"]
@@ -76,7 +77,7 @@ class MessageKind(StrEnum):
 _KINDS = {k.value: k.value for k in MessageKind}  # accepts members and plain values; maps both to the plain str
 
 #: Which kind goes first when the outbox is full (oldest first within a kind; the newest envelope never).
-DROP_ORDER = (MessageKind.TELEMETRY, MessageKind.EVENTS, MessageKind.ENVELOPE)
+DROP_ORDER = tuple(map(MessageKind, _outbox_store.DROP_ORDER))  # the store applies it; defined there
 
 
 class Transport(Protocol):
@@ -357,8 +358,8 @@ class Outbox:
         self._durable_upto = rows[-1].id  # nothing before it is still in doubt
 
     def _refresh_totals(self) -> None:
-        self.stats.stored_rows = self._store.total_rows
-        self.stats.stored_bytes = self._store.total_bytes
+        self.stats.stored_rows = sum(self._store.rows.values())
+        self.stats.stored_bytes = sum(self._store.bytes.values())
 
     def _note_drops(self, dropped: list[tuple[int, str, int]]) -> set[int]:
         """Count and log what the bound made us drop (``(id, kind, size)``); forget it in the send queue. Returns

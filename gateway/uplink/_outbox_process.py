@@ -91,14 +91,6 @@ class StoreProcess:
         self._restarting = asyncio.Lock()  # the writer and the sender may both find it dead
         self.restarts = 0
 
-    @property
-    def total_rows(self) -> int:
-        return sum(self.rows.values())
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
-
     async def open(self) -> None:
         """Start the child and open the file (raises ConfigError if it cannot be an outbox)."""
         try:
